@@ -1,0 +1,69 @@
+// Example guest in JavaScript: validates an order and prices it.
+//
+// Same contract as every example (guest/examples/README.md). Build (in this directory):
+//   npm ci && npx jco componentize app.js --wit ../../../wit -n handler -o js-order.wasm
+import { log } from "sfn:activity/host@0.1.0";
+
+class InvalidOrder extends Error {}
+
+function count(value, where, allowZero) {
+  if (!Number.isSafeInteger(value) || value < (allowZero ? 0 : 1)) {
+    throw new InvalidOrder(`${where} must be ${allowZero ? "a non-negative" : "a positive"} integer`);
+  }
+  return value;
+}
+
+function price(order) {
+  if (order === null || typeof order !== "object" || Array.isArray(order)) {
+    throw new InvalidOrder("input must be a JSON object");
+  }
+  const { order_id: orderId, items } = order;
+  if (typeof orderId !== "string" || orderId === "") {
+    throw new InvalidOrder("order_id must be a non-empty string");
+  }
+  if (!Array.isArray(items) || items.length === 0) {
+    throw new InvalidOrder("items must be a non-empty array");
+  }
+  const discount = count(order.discount_percent ?? 0, "discount_percent", true);
+  if (discount > 100) {
+    throw new InvalidOrder("discount_percent must be between 0 and 100");
+  }
+  let itemCount = 0;
+  let subtotal = 0;
+  items.forEach((line, index) => {
+    if (line === null || typeof line !== "object" || Array.isArray(line)) {
+      throw new InvalidOrder(`items[${index}] must be an object`);
+    }
+    if (typeof line.sku !== "string" || line.sku === "") {
+      throw new InvalidOrder(`items[${index}].sku must be a non-empty string`);
+    }
+    const quantity = count(line.quantity, `items[${index}].quantity`, false);
+    const unit = count(line.unit_price_cents, `items[${index}].unit_price_cents`, true);
+    itemCount += quantity;
+    subtotal += quantity * unit;
+  });
+  const discountCents = Math.floor((subtotal * discount) / 100);
+  return {
+    order_id: orderId,
+    lines: items.length,
+    item_count: itemCount,
+    subtotal_cents: subtotal,
+    discount_cents: discountCents,
+    total_cents: subtotal - discountCents,
+    status: "accepted",
+  };
+}
+
+export function handle(input, context) {
+  let output;
+  try {
+    output = price(JSON.parse(input));
+  } catch (err) {
+    if (err instanceof InvalidOrder || err instanceof SyntaxError) {
+      throw { error: "Order.Invalid", cause: err.message };
+    }
+    throw err;
+  }
+  log("info", `order ${output.order_id} priced`);
+  return JSON.stringify(output);
+}

@@ -1,0 +1,67 @@
+"""Example guest in Python: validates an order and prices it.
+
+Same contract as every example (guest/examples/README.md). Build:
+    componentize-py -d wit -w handler componentize app -p guest/examples/python-order -o python-order.wasm
+"""
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import host
+from wit_world.imports.types import TaskContext, TaskError
+
+
+class InvalidOrder(Exception):
+    """The input is not a valid order; the message is the task error's cause."""
+
+
+def positive_int(value, where, allow_zero):
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise InvalidOrder(f"{where} must be {kind} integer")
+    return value
+
+
+def price(order):
+    if not isinstance(order, dict):
+        raise InvalidOrder("input must be a JSON object")
+    order_id = order.get("order_id")
+    if not isinstance(order_id, str) or not order_id:
+        raise InvalidOrder("order_id must be a non-empty string")
+    items = order.get("items")
+    if not isinstance(items, list) or not items:
+        raise InvalidOrder("items must be a non-empty array")
+    discount = positive_int(order.get("discount_percent", 0), "discount_percent", True)
+    if discount > 100:
+        raise InvalidOrder("discount_percent must be between 0 and 100")
+    item_count = subtotal = 0
+    for index, line in enumerate(items):
+        if not isinstance(line, dict):
+            raise InvalidOrder(f"items[{index}] must be an object")
+        sku = line.get("sku")
+        if not isinstance(sku, str) or not sku:
+            raise InvalidOrder(f"items[{index}].sku must be a non-empty string")
+        quantity = positive_int(line.get("quantity"), f"items[{index}].quantity", False)
+        unit = positive_int(line.get("unit_price_cents"), f"items[{index}].unit_price_cents", True)
+        item_count += quantity
+        subtotal += quantity * unit
+    discount_cents = subtotal * discount // 100
+    return {
+        "order_id": order_id,
+        "lines": len(items),
+        "item_count": item_count,
+        "subtotal_cents": subtotal,
+        "discount_cents": discount_cents,
+        "total_cents": subtotal - discount_cents,
+        "status": "accepted",
+    }
+
+
+class WitWorld(wit_world.WitWorld):
+    def handle(self, input: str, context: TaskContext) -> str:
+        try:
+            output = price(json.loads(input))
+        except (InvalidOrder, ValueError) as err:
+            raise Err(TaskError(error="Order.Invalid", cause=str(err)))
+        host.log(host.LogLevel.INFO, f"order {output['order_id']} priced")
+        return json.dumps(output)

@@ -1,0 +1,135 @@
+//! Test guest: does what the input's `"behaviour"` asks, including the things a hostile or
+//! buggy handler would do. The host's tests use it to check every row of the outcome table.
+//!
+//! Input: `{"behaviour": NAME, ...}`; see `handle` for the names and their extra fields.
+
+use sfn_activity_guest::{bindings, json, Context, LogLevel, TaskError, Value};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
+    let behaviour = input["behaviour"].as_str().unwrap_or("echo").to_string();
+    let number = |key: &str, default: u64| input[key].as_u64().unwrap_or(default);
+    match behaviour.as_str() {
+        // Returns the input unchanged.
+        "echo" => Ok(input),
+        // Returns `{"error", "cause"}` from the input as a task error.
+        "fail" => Err(TaskError::new(
+            input["error"].as_str().unwrap_or("Test.Failure"),
+            input["cause"].as_str().unwrap_or(""),
+        )),
+        // Spins forever without yielding.
+        "loop" => {
+            let mut counter = 0u64;
+            loop {
+                counter = std::hint::black_box(counter.wrapping_add(1));
+            }
+        }
+        // Busy-waits for `ms` milliseconds, then echoes.
+        "spin" => {
+            let until = Instant::now() + Duration::from_millis(number("ms", 100));
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            Ok(input)
+        }
+        // Sleeps (a WASI poll, the host stays free) for `ms` milliseconds, then echoes.
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(number("ms", 100)));
+            Ok(input)
+        }
+        // Allocates 1 MiB blocks until memory runs out.
+        "memory-bomb" => {
+            let mut blocks: Vec<Vec<u8>> = Vec::new();
+            loop {
+                blocks.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&blocks);
+            }
+        }
+        // Recurses until the wasm stack overflows.
+        "recursion" => Ok(json!(recurse(std::hint::black_box(1)))),
+        // Writes a line to stderr, then panics.
+        "panic" => {
+            eprintln!("adversary: about to panic");
+            panic!("adversary panicked on purpose");
+        }
+        // Returns valid JSON of about `bytes` bytes (default 300 000).
+        "huge-output" => Ok(json!({ "data": "x".repeat(number("bytes", 300_000) as usize) })),
+        // Writes `bytes` bytes (default 10 MiB) to stdout, a marker to stderr, then echoes.
+        "stdout-flood" => {
+            let chunk = vec![b'y'; 64 * 1024];
+            let mut stdout = std::io::stdout();
+            for _ in 0..number("bytes", 10 << 20) / chunk.len() as u64 {
+                stdout.write_all(&chunk).map_err(|e| TaskError::new("Test.Io", e.to_string()))?;
+            }
+            println!("\nadversary: flood done");
+            eprintln!("adversary: stderr still works");
+            Ok(input)
+        }
+        // Tries to read a host file, list the root dir and read environment variables.
+        "escape" => Ok(json!({
+            "file": std::fs::read_to_string(input["path"].as_str().unwrap_or("/etc/passwd"))
+                .map_err(|e| e.to_string()),
+            "root_dir": std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string()),
+            "env": std::env::vars().collect::<Vec<_>>(),
+            "args": std::env::args().collect::<Vec<_>>(),
+        })),
+        // Reads the granted file at `path` (for grant tests).
+        "read-file" => {
+            let path = input["path"].as_str().unwrap_or("/data/input.txt");
+            std::fs::read_to_string(path)
+                .map(|text| json!({ "text": text }))
+                .map_err(|e| TaskError::new("Test.Io", format!("{path}: {e}")))
+        }
+        // Calls heartbeat() `count` times; returns how many succeeded and the first error.
+        "heartbeat" => {
+            let (mut ok, mut first_error) = (0, None);
+            for _ in 0..number("count", 1) {
+                match ctx.heartbeat() {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            Ok(json!({ "ok": ok, "error": first_error }))
+        }
+        // Logs one line at each level.
+        "log" => {
+            for level in [LogLevel::Trace, LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error] {
+                ctx.log(level, &format!("adversary log at {level:?}"));
+            }
+            Ok(json!({ "logged": 5 }))
+        }
+        // Returns its task context.
+        "context" => Ok(json!({
+            "activity_arn": ctx.activity_arn,
+            "worker_name": ctx.worker_name,
+            "task_id": ctx.task_id,
+            "deadline_ms": ctx.deadline_ms,
+        })),
+        other => Err(TaskError::new("Test.UnknownBehaviour", other)),
+    }
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)] // on purpose: it ends in a stack-overflow trap
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + frame[0]
+}
+
+/// Implements the world by hand (not with `export_handler!`) so that it can also return
+/// `ok` text that is not JSON, which the SDK never produces.
+struct Adversary;
+
+impl bindings::Guest for Adversary {
+    fn handle(input: String, context: bindings::TaskContext) -> Result<String, bindings::TaskError> {
+        if input.contains("\"non-json\"") {
+            return Ok("this is { not json".to_string());
+        }
+        sfn_activity_guest::run_handler(handle, input, context)
+    }
+}
+
+sfn_activity_guest::bindings::export_handler_world!(Adversary with_types_in sfn_activity_guest::bindings);

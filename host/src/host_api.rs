@@ -1,0 +1,150 @@
+//! The host side of the `sfn:activity/host` interface (`log` and `heartbeat`), and the
+//! controls the worker holds over a running task (heartbeat sink, interruption).
+
+use crate::bindings::sfn::activity::host::{Host, LogLevel};
+use crate::bindings::sfn::activity::types;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Notify;
+
+/// Longest guest log message kept, in bytes; longer ones are cut on a character boundary.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 8 * 1024;
+/// Log lines a guest may write per task; later ones are counted and dropped.
+pub const MAX_LOG_LINES_PER_TASK: u32 = 1_000;
+
+/// A boxed future returned by [`Heartbeat::beat`].
+pub type BeatFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Where a task's heartbeats go: SendTaskHeartbeat in the worker, a counter in `invoke`.
+pub trait Heartbeat: Send + Sync {
+    /// Heartbeats the task now. `Err(reason)` means the task is timed out or cancelled.
+    fn beat(&self) -> BeatFuture<'_>;
+}
+
+/// A heartbeat sink that only counts (used by `invoke`, which has no Step Functions task).
+#[derive(Debug, Default)]
+pub struct CountingHeartbeat {
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl CountingHeartbeat {
+    /// Heartbeats received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Heartbeat for CountingHeartbeat {
+    fn beat(&self) -> BeatFuture<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Why the worker stopped a task before it finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterruptReason {
+    /// The worker is shutting down and its drain timeout ran out: report
+    /// `Worker.ShuttingDown` so the state machine retries the task elsewhere.
+    ShuttingDown,
+    /// Step Functions no longer knows the task (timed out, execution stopped): report
+    /// nothing. The string says how the worker found out.
+    TaskGone(String),
+}
+
+/// A one-shot signal that stops a running guest at its next epoch tick (within
+/// [`crate::engine::EPOCH_TICK`]), or at once if it is blocked in a host call.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    inner: Arc<InterruptInner>,
+}
+
+#[derive(Debug, Default)]
+struct InterruptInner {
+    reason: OnceLock<InterruptReason>,
+    notify: Notify,
+}
+
+impl Interrupt {
+    /// Stops the task for `reason`; the first reason given wins.
+    pub fn trigger(&self, reason: InterruptReason) {
+        let _ = self.inner.reason.set(reason);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// The reason, once triggered.
+    pub fn reason(&self) -> Option<&InterruptReason> {
+        self.inner.reason.get()
+    }
+
+    /// Resolves once triggered.
+    pub async fn triggered(&self) -> InterruptReason {
+        loop {
+            let notified = self.inner.notify.notified();
+            if let Some(reason) = self.reason() {
+                return reason.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Per-task state behind the `host` interface.
+pub struct HostState {
+    /// Activity ARN, for log fields.
+    pub activity_arn: Arc<str>,
+    /// Task id, for log fields.
+    pub task_id: String,
+    /// Where heartbeats go.
+    pub heartbeat: Arc<dyn Heartbeat>,
+    /// Set when the worker interrupts the task.
+    pub interrupt: Interrupt,
+    /// Heartbeats the guest asked for.
+    pub heartbeats_requested: u64,
+    /// Log lines the guest wrote (including dropped ones).
+    pub log_lines: u32,
+}
+
+/// The `types` interface has no functions; the generated bindings still want it implemented.
+impl types::Host for HostState {}
+
+impl Host for HostState {
+    fn log(&mut self, level: LogLevel, mut message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES_PER_TASK {
+            if self.log_lines == MAX_LOG_LINES_PER_TASK + 1 {
+                tracing::warn!(
+                    activity = %self.activity_arn,
+                    task_id = %self.task_id,
+                    "guest wrote more than {MAX_LOG_LINES_PER_TASK} log lines; dropping the rest of this task's"
+                );
+            }
+            return;
+        }
+        if message.len() > MAX_LOG_MESSAGE_BYTES {
+            let cut = (0..=MAX_LOG_MESSAGE_BYTES)
+                .rev()
+                .find(|&i| message.is_char_boundary(i))
+                .unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
+        }
+        let (activity, task_id) = (&*self.activity_arn, self.task_id.as_str());
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "guest", activity, task_id, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "guest", activity, task_id, "{message}"),
+            LogLevel::Info => tracing::info!(target: "guest", activity, task_id, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "guest", activity, task_id, "{message}"),
+            LogLevel::Error => tracing::error!(target: "guest", activity, task_id, "{message}"),
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), String> {
+        self.heartbeats_requested += 1;
+        if let Some(reason) = self.interrupt.reason() {
+            return Err(format!("the task was stopped: {reason:?}"));
+        }
+        self.heartbeat.beat().await
+    }
+}

@@ -1,0 +1,239 @@
+//! The `sfn-wasm-worker` command line: `invoke` and `check`.
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use sfn_wasm_worker::engine::{CacheSetting, EngineSettings};
+use sfn_wasm_worker::host_api::{CountingHeartbeat, Interrupt};
+use sfn_wasm_worker::runtime::{self, Runtime, WORLD};
+use sfn_wasm_worker::task::{Grants, Task, TaskEnd, TaskLimits};
+use sfn_wasm_worker::units::{ByteSize, HumanDuration};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit code for a task that failed (its outcome is still printed).
+const EXIT_TASK_FAILED: u8 = 1;
+/// Exit code for bad usage, bad input or a component that cannot be loaded.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(version, about = "Runs AWS Step Functions activity tasks in sandboxed WebAssembly components")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    global: GlobalArgs,
+}
+
+#[derive(Args)]
+struct GlobalArgs {
+    /// Directory of the compilation cache [default: wasmtime's, under ~/.cache]
+    #[arg(long, global = true, env = "SFN_WASM_WORKER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component at start-up instead of using the cache
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Log filter, e.g. `info`, `debug`, `sfn_wasm_worker=debug,guest=info`
+    #[arg(long, global = true, env = "SFN_WASM_WORKER_LOG", default_value = "info")]
+    log: String,
+    /// Log format
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one task locally and print its outcome as Step Functions would get it
+    Invoke(InvokeArgs),
+    /// Check a component against the sfn:activity/handler world and list its imports
+    Check {
+        /// The component (.wasm)
+        component: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct InvokeArgs {
+    /// The component (.wasm)
+    component: PathBuf,
+    /// The task's JSON input (default: read from stdin)
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// A file holding the task's JSON input
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// How long the guest may run
+    #[arg(long, default_value = "30s")]
+    timeout: HumanDuration,
+    /// The most linear memory the guest may hold
+    #[arg(long, default_value = "128MiB")]
+    memory_limit: ByteSize,
+    /// The activity ARN the guest sees in its context
+    #[arg(long, default_value = "arn:aws:states:local:000000000000:activity:invoke")]
+    activity_arn: String,
+    /// The worker name the guest sees in its context
+    #[arg(long, default_value = "sfn-wasm-worker-invoke")]
+    worker_name: String,
+    /// Grant an environment variable to the guest (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Grant read-only access to a host directory (repeatable)
+    #[arg(long = "dir", value_name = "HOST_PATH:GUEST_PATH", value_parser = parse_dir_grant)]
+    dirs: Vec<(PathBuf, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+fn parse_dir_grant(text: &str) -> Result<(PathBuf, String), String> {
+    let (host, guest) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected HOST_PATH:GUEST_PATH, got {text:?}"))?;
+    let host = PathBuf::from(host);
+    if !host.is_dir() {
+        return Err(format!("{} is not a directory", host.display()));
+    }
+    Ok((host, guest.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn init_logging(global: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log).unwrap_or_else(|err| {
+        eprintln!("warning: bad --log filter {:?} ({err}); using \"info\"", global.log);
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if global.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn cache_setting(global: &GlobalArgs) -> CacheSetting {
+    match (&global.cache_dir, global.no_cache) {
+        (_, true) => CacheSetting::Disabled,
+        (Some(dir), false) => CacheSetting::Directory(dir.clone()),
+        (None, false) => CacheSetting::Default,
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let cache = cache_setting(&cli.global);
+    match cli.command {
+        Command::Invoke(args) => invoke(args, cache).await,
+        Command::Check { component } => check(component, cache),
+    }
+}
+
+async fn invoke(args: InvokeArgs, cache: CacheSetting) -> Result<ExitCode> {
+    let input = read_input(&args)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&input)
+        .with_context(|| "the task input is not JSON; Step Functions only sends JSON inputs")?;
+    let runtime = Runtime::new(&EngineSettings {
+        max_concurrent_tasks: 1,
+        max_memory_bytes: args.memory_limit.0,
+        cache,
+    })?;
+    let guest = runtime.load(&args.component)?;
+    let heartbeat = Arc::new(CountingHeartbeat::default());
+    let task = Task {
+        input,
+        activity_arn: args.activity_arn.into(),
+        worker_name: args.worker_name.into(),
+        task_id: runtime::task_id(&format!("invoke-{}-{:?}", std::process::id(), std::time::SystemTime::now())),
+        heartbeat: heartbeat.clone(),
+        interrupt: Interrupt::default(),
+    };
+    let limits = TaskLimits {
+        timeout: args.timeout.0,
+        memory_limit: args.memory_limit.0,
+    };
+    let grants = Grants {
+        env: args.env,
+        read_only_dirs: args.dirs,
+    };
+    let (end, stats) = guest.run(task, &limits, &grants).await;
+    for (stream, tail) in [("stdout", &stats.stdout_tail), ("stderr", &stats.stderr_tail)] {
+        if !tail.is_empty() {
+            eprintln!("--- guest {stream} ---\n{}", tail.trim_end());
+        }
+    }
+    tracing::info!(
+        elapsed_ms = stats.elapsed.as_secs_f64() * 1e3,
+        peak_memory = stats.peak_memory,
+        heartbeats = heartbeat.count(),
+        "task finished"
+    );
+    let TaskEnd::Report(outcome) = end else {
+        unreachable!("invoke never interrupts its task");
+    };
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(if outcome.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_TASK_FAILED)
+    })
+}
+
+fn read_input(args: &InvokeArgs) -> Result<String> {
+    if let Some(input) = &args.input {
+        return Ok(input.clone());
+    }
+    if let Some(path) = &args.input_file {
+        return std::fs::read_to_string(path).with_context(|| format!("reading --input-file {}", path.display()));
+    }
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the task input from stdin (or pass --input / --input-file)")?;
+    Ok(input)
+}
+
+fn check(component: PathBuf, cache: CacheSetting) -> Result<ExitCode> {
+    let runtime = Runtime::new(&EngineSettings {
+        max_concurrent_tasks: 1,
+        max_memory_bytes: 128 << 20,
+        cache,
+    })?;
+    let report = runtime.inspect(&component)?;
+    println!("component: {}", component.display());
+    println!("world:     {WORLD}");
+    println!("imports:");
+    for import in &report.imports {
+        println!("  {:<45} {:<9} {}", import.name, import.kind, import.provider);
+    }
+    println!("exports:");
+    for export in &report.exports {
+        println!("  {export}");
+    }
+    match report.verdict {
+        Ok(()) => {
+            println!("ok: this host can run it");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            println!("NOT RUNNABLE: {err:#}");
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}

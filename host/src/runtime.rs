@@ -1,0 +1,219 @@
+//! The runtime: one engine and linker for the process, and components loaded once,
+//! checked against the `sfn:activity/handler` world and pre-instantiated.
+
+use crate::bindings::{Handler, HandlerPre};
+use crate::engine::{build_engine, EngineSettings, EpochTicker};
+use crate::task::{self, Grants, Task, TaskEnd, TaskLimits, TaskState, TaskStats};
+use anyhow::{bail, Context as _, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::Engine;
+
+/// The world every guest must implement, as named in `wit/`.
+pub const WORLD: &str = "sfn:activity/handler@0.1.0";
+
+/// The engine, the linker holding every host function, and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    _ticker: EpochTicker,
+}
+
+/// A component compiled, checked against the world and pre-instantiated: ready to run
+/// tasks, each in a fresh store. Cheap to clone.
+#[derive(Clone)]
+pub struct Guest {
+    path: Arc<Path>,
+    pre: HandlerPre<TaskState>,
+}
+
+/// One import of a component and whether this host provides it.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    /// The import's name, e.g. `wasi:cli/stdout@0.2.6`.
+    pub name: String,
+    /// `instance`, `func`, `type`...
+    pub kind: &'static str,
+    /// Who provides it, or why nobody does.
+    pub provider: &'static str,
+}
+
+/// What `check` tells about a component.
+#[derive(Debug)]
+pub struct ComponentReport {
+    /// Every import.
+    pub imports: Vec<ImportReport>,
+    /// Every export name.
+    pub exports: Vec<String>,
+    /// `Ok` when the component can run here; otherwise what is wrong and how to fix it.
+    pub verdict: Result<()>,
+}
+
+impl Runtime {
+    /// Builds the engine for `settings`, starts the epoch ticker and links the host functions
+    /// (the `sfn:activity/host` interface and WASI p2).
+    pub fn new(settings: &EngineSettings) -> Result<Runtime> {
+        let engine = build_engine(settings)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI p2")?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, task::host_state)
+            .map_err(anyhow::Error::from)
+            .context("linking the sfn:activity host interface")?;
+        let ticker = EpochTicker::start(&engine)?;
+        Ok(Runtime {
+            engine,
+            linker,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine (shared by every component and store in the process).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or loads from the cache) the component at `path` and checks it against the
+    /// world: the error names the missing or mismatched item and the fix.
+    pub fn load(&self, path: &Path) -> Result<Guest> {
+        let component = self.compile(path)?;
+        self.pre_instantiate(path, &component)
+    }
+
+    /// Compiles `path` and reports its imports, exports and whether it can run here.
+    pub fn inspect(&self, path: &Path) -> Result<ComponentReport> {
+        let component = self.compile(path)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(name, item)| ImportReport {
+                name: name.to_string(),
+                kind: item_kind(&item.ty),
+                provider: provider_of(name),
+            })
+            .collect();
+        let exports = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let verdict = self.pre_instantiate(path, &component).map(|_| ());
+        Ok(ComponentReport {
+            imports,
+            exports,
+            verdict,
+        })
+    }
+
+    fn compile(&self, path: &Path) -> Result<Component> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        check_is_component(path, &bytes)?;
+        Component::new(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+            format!(
+                "{} is not a valid WebAssembly component; rebuild it (`wasm-tools validate` says more)",
+                path.display()
+            )
+        })
+    }
+
+    fn pre_instantiate(&self, path: &Path, component: &Component) -> Result<Guest> {
+        let pre = self.linker
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+            format!(
+                "{} imports something this host does not provide; guests may import \
+                 sfn:activity/host@0.1.0 and WASI p2 (wasi:*@0.2.x) only",
+                path.display()
+            )
+        })?;
+        let pre = HandlerPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+            format!(
+                "{} does not implement the world {WORLD}: it must export \
+                 `handle: func(input: string, context: task-context) -> result<string, task-error>`; \
+                 rebuild it against this version's wit/ directory",
+                path.display()
+            )
+        })?;
+        Ok(Guest {
+            path: path.into(),
+            pre,
+        })
+    }
+}
+
+impl Guest {
+    /// The file the component was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs one task in a fresh, isolated store and returns how it ended.
+    pub async fn run(&self, task: Task, limits: &TaskLimits, grants: &Grants) -> (TaskEnd, TaskStats) {
+        task::run_task(&self.pre, task, limits, grants).await
+    }
+}
+
+/// Refuses core modules and non-wasm files with a message that says what to do instead.
+fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        bail!("{} is not a WebAssembly file (no \\0asm header)", path.display());
+    }
+    let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
+    if layer == 0 {
+        bail!(
+            "{} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+             or wrap it with `wasm-tools component new` (see README: building a guest)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn item_kind(item: &ComponentItem) -> &'static str {
+    match item {
+        ComponentItem::ComponentFunc(_) => "func",
+        ComponentItem::CoreFunc(_) => "core func",
+        ComponentItem::Module(_) => "module",
+        ComponentItem::Component(_) => "component",
+        ComponentItem::ComponentInstance(_) => "instance",
+        ComponentItem::Type(_) => "type",
+        ComponentItem::Resource(_) => "resource",
+    }
+}
+
+fn provider_of(import: &str) -> &'static str {
+    if import.starts_with("sfn:activity/") {
+        "sfn-wasm-worker (log, heartbeat)"
+    } else if import.starts_with("wasi:sockets/") {
+        "WASI p2 (linked, but every network operation is denied)"
+    } else if import.starts_with("wasi:filesystem/") {
+        "WASI p2 (only directories granted by the activity's config)"
+    } else if import.starts_with("wasi:cli/environment") {
+        "WASI p2 (only variables granted by the activity's config)"
+    } else if import.starts_with("wasi:") {
+        "WASI p2"
+    } else {
+        "NOT PROVIDED by this host"
+    }
+}
+
+/// A short id for a task token, for logs and the guest's context: the first 16 hex digits of
+/// its SHA-256. It identifies the task but cannot be used to report on it.
+pub fn task_id(task_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(task_token.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a component path given on the command line or in config is resolved from.
+pub fn resolve_path(base: Option<&Path>, path: &Path) -> PathBuf {
+    match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path.to_path_buf(),
+    }
+}

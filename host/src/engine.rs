@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig,
+};
 
 /// How often the epoch advances; also how often a running guest yields to the runtime and
 /// has its deadline checked.
@@ -52,7 +55,9 @@ pub struct EngineSettings {
 /// on-demand allocation when the pool's address-space reservation fails.
 pub fn build_engine(settings: &EngineSettings) -> Result<Engine> {
     let mut config = base_config(settings)?;
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(settings)));
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+        settings,
+    )));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),
         Err(err) => {
@@ -77,7 +82,7 @@ fn base_config(settings: &EngineSettings) -> Result<Config> {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
-        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
     config.cache(open_cache(&settings.cache));
     Ok(config)
 }

@@ -37,7 +37,8 @@ impl CountingHeartbeat {
 
 impl Heartbeat for CountingHeartbeat {
     fn beat(&self) -> BeatFuture<'_> {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
 }

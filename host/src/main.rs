@@ -18,7 +18,10 @@ const EXIT_TASK_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(version, about = "Runs AWS Step Functions activity tasks in sandboxed WebAssembly components")]
+#[command(
+    version,
+    about = "Runs AWS Step Functions activity tasks in sandboxed WebAssembly components"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +38,12 @@ struct GlobalArgs {
     #[arg(long, global = true)]
     no_cache: bool,
     /// Log filter, e.g. `info`, `debug`, `sfn_wasm_worker=debug,guest=info`
-    #[arg(long, global = true, env = "SFN_WASM_WORKER_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "SFN_WASM_WORKER_LOG",
+        default_value = "info"
+    )]
     log: String,
     /// Log format
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
@@ -70,7 +78,10 @@ struct InvokeArgs {
     #[arg(long, default_value = "128MiB")]
     memory_limit: ByteSize,
     /// The activity ARN the guest sees in its context
-    #[arg(long, default_value = "arn:aws:states:local:000000000000:activity:invoke")]
+    #[arg(
+        long,
+        default_value = "arn:aws:states:local:000000000000:activity:invoke"
+    )]
     activity_arn: String,
     /// The worker name the guest sees in its context
     #[arg(long, default_value = "sfn-wasm-worker-invoke")]
@@ -118,10 +129,15 @@ fn main() -> ExitCode {
 
 fn init_logging(global: &GlobalArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&global.log).unwrap_or_else(|err| {
-        eprintln!("warning: bad --log filter {:?} ({err}); using \"info\"", global.log);
+        eprintln!(
+            "warning: bad --log filter {:?} ({err}); using \"info\"",
+            global.log
+        );
         tracing_subscriber::EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if global.log_format == "json" {
         builder.json().init();
     } else {
@@ -160,7 +176,11 @@ async fn invoke(args: InvokeArgs, cache: CacheSetting) -> Result<ExitCode> {
         input,
         activity_arn: args.activity_arn.into(),
         worker_name: args.worker_name.into(),
-        task_id: runtime::task_id(&format!("invoke-{}-{:?}", std::process::id(), std::time::SystemTime::now())),
+        task_id: runtime::task_id(&format!(
+            "invoke-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        )),
         heartbeat: heartbeat.clone(),
         interrupt: Interrupt::default(),
     };
@@ -173,7 +193,10 @@ async fn invoke(args: InvokeArgs, cache: CacheSetting) -> Result<ExitCode> {
         read_only_dirs: args.dirs,
     };
     let (end, stats) = guest.run(task, &limits, &grants).await;
-    for (stream, tail) in [("stdout", &stats.stdout_tail), ("stderr", &stats.stderr_tail)] {
+    for (stream, tail) in [
+        ("stdout", &stats.stdout_tail),
+        ("stderr", &stats.stderr_tail),
+    ] {
         if !tail.is_empty() {
             eprintln!("--- guest {stream} ---\n{}", tail.trim_end());
         }
@@ -200,7 +223,8 @@ fn read_input(args: &InvokeArgs) -> Result<String> {
         return Ok(input.clone());
     }
     if let Some(path) = &args.input_file {
-        return std::fs::read_to_string(path).with_context(|| format!("reading --input-file {}", path.display()));
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("reading --input-file {}", path.display()));
     }
     let mut input = String::new();
     std::io::stdin()
@@ -220,7 +244,10 @@ fn check(component: PathBuf, cache: CacheSetting) -> Result<ExitCode> {
     println!("world:     {WORLD}");
     println!("imports:");
     for import in &report.imports {
-        println!("  {:<45} {:<9} {}", import.name, import.kind, import.provider);
+        println!(
+            "  {:<45} {:<9} {}",
+            import.name, import.kind, import.provider
+        );
     }
     println!("exports:");
     for export in &report.exports {

@@ -92,7 +92,10 @@ impl Outcome {
     }
 }
 
-fn serialize_raw_json<S: serde::Serializer>(output: &str, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_raw_json<S: serde::Serializer>(
+    output: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     let value: Box<serde_json::value::RawValue> =
         serde_json::from_str(output).map_err(serde::ser::Error::custom)?;
     value.serialize(serializer)
@@ -142,7 +145,9 @@ mod tests {
 
     #[test]
     fn outcome_serialises_output_as_json_not_as_a_string() {
-        let outcome = Outcome::Succeeded { output: r#"{"a":[1,2]}"#.into() };
+        let outcome = Outcome::Succeeded {
+            output: r#"{"a":[1,2]}"#.into(),
+        };
         assert_eq!(
             serde_json::to_string(&outcome).unwrap(),
             r#"{"status":"succeeded","output":{"a":[1,2]}}"#

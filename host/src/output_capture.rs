@@ -105,7 +105,11 @@ impl Pollable for TailCapture {
 }
 
 impl AsyncWrite for TailCapture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.append(data);
         Poll::Ready(Ok(data.len()))
     }

@@ -95,7 +95,10 @@ impl Runtime {
                 provider: provider_of(name),
             })
             .collect();
-        let exports = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let verdict = self.pre_instantiate(path, &component).map(|_| ());
         Ok(ComponentReport {
             imports,
@@ -105,7 +108,8 @@ impl Runtime {
     }
 
     fn compile(&self, path: &Path) -> Result<Component> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
         check_is_component(path, &bytes)?;
         Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
@@ -118,16 +122,17 @@ impl Runtime {
     }
 
     fn pre_instantiate(&self, path: &Path, component: &Component) -> Result<Guest> {
-        let pre = self.linker
+        let pre = self
+            .linker
             .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
-            format!(
-                "{} imports something this host does not provide; guests may import \
+                format!(
+                    "{} imports something this host does not provide; guests may import \
                  sfn:activity/host@0.1.0 and WASI p2 (wasi:*@0.2.x) only",
-                path.display()
-            )
-        })?;
+                    path.display()
+                )
+            })?;
         let pre = HandlerPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {
@@ -152,7 +157,12 @@ impl Guest {
     }
 
     /// Runs one task in a fresh, isolated store and returns how it ended.
-    pub async fn run(&self, task: Task, limits: &TaskLimits, grants: &Grants) -> (TaskEnd, TaskStats) {
+    pub async fn run(
+        &self,
+        task: Task,
+        limits: &TaskLimits,
+        grants: &Grants,
+    ) -> (TaskEnd, TaskStats) {
         task::run_task(&self.pre, task, limits, grants).await
     }
 }
@@ -161,7 +171,10 @@ impl Guest {
 fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
     const MAGIC: &[u8] = b"\0asm";
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        bail!("{} is not a WebAssembly file (no \\0asm header)", path.display());
+        bail!(
+            "{} is not a WebAssembly file (no \\0asm header)",
+            path.display()
+        );
     }
     let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
     if layer == 0 {

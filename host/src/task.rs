@@ -114,7 +114,12 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let wanted = self.used + (desired - current) as u64;
         if wanted > self.limit {
             self.refused = Some(wanted);
@@ -125,7 +130,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= crate::engine::TABLE_ELEMENTS)
     }
 
@@ -173,7 +183,10 @@ pub(crate) async fn run_task(
     };
 
     let call = async {
-        let handler = pre.instantiate_async(&mut store).await.map_err(|e| (e, true))?;
+        let handler = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| (e, true))?;
         handler
             .call_handle(&mut store, &task.input, &context)
             .await
@@ -188,8 +201,12 @@ pub(crate) async fn run_task(
 
     let end = match result {
         Ok(Ok(Ok(output))) => TaskEnd::Report(Outcome::from_guest_output(output)),
-        Ok(Ok(Err(task_error))) => TaskEnd::Report(Outcome::failed(task_error.error, task_error.cause)),
-        Ok(Err((err, during_instantiation))) => classify_error(&store, err, during_instantiation, limits, &stderr),
+        Ok(Ok(Err(task_error))) => {
+            TaskEnd::Report(Outcome::failed(task_error.error, task_error.cause))
+        }
+        Ok(Err((err, during_instantiation))) => {
+            classify_error(&store, err, during_instantiation, limits, &stderr)
+        }
         Err(None) => timed_out(limits, &stderr),
         Err(Some(reason)) => interrupted(reason),
     };
@@ -217,7 +234,9 @@ fn new_store(
     }
     for (host_path, guest_path) in &grants.read_only_dirs {
         wasi.preopened_dir(host_path, guest_path, FsPerms::ReadOnly)
-            .map_err(|err| anyhow::anyhow!("granting {} as {guest_path}: {err:#}", host_path.display()))?;
+            .map_err(|err| {
+                anyhow::anyhow!("granting {} as {guest_path}: {err:#}", host_path.display())
+            })?;
     }
     let state = TaskState {
         wasi: wasi.build(),
@@ -285,7 +304,18 @@ fn classify_error(
             format!("could not instantiate the component: {err:?}"),
         ));
     }
-    TaskEnd::Report(Outcome::failed(outcome::TRAP, with_stderr(format!("{err:?}"), stderr)))
+    TaskEnd::Report(Outcome::failed(
+        outcome::TRAP,
+        with_stderr(trap_cause(&err), stderr),
+    ))
+}
+
+/// The trap's message first (e.g. "wasm trap: call stack exhausted"), then the backtrace.
+fn trap_cause(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("{trap}\n{err:?}"),
+        None => format!("{err:?}"),
+    }
 }
 
 fn timed_out(limits: &TaskLimits, stderr: &TailCapture) -> TaskEnd {
@@ -321,7 +351,12 @@ fn with_stderr(cause: String, stderr: &TailCapture) -> String {
     }
 }
 
-fn stats(started: Instant, store: Option<&Store<TaskState>>, stdout: &TailCapture, stderr: &TailCapture) -> TaskStats {
+fn stats(
+    started: Instant,
+    store: Option<&Store<TaskState>>,
+    stdout: &TailCapture,
+    stderr: &TailCapture,
+) -> TaskStats {
     TaskStats {
         elapsed: started.elapsed(),
         peak_memory: store.map_or(0, |s| s.data().limiter.peak),

@@ -15,7 +15,11 @@ impl FromStr for HumanDuration {
     fn from_str(text: &str) -> Result<Self, String> {
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
-            .map_err(|err| format!("invalid duration {text:?} ({err}); write e.g. \"30s\", \"5m\" or \"250ms\""))
+            .map_err(|err| {
+                format!(
+                    "invalid duration {text:?} ({err}); write e.g. \"30s\", \"5m\" or \"250ms\""
+                )
+            })
     }
 }
 
@@ -52,7 +56,8 @@ impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let invalid = || format!("invalid size {text:?}; write e.g. \"128MiB\", \"64MB\" or \"1048576\"");
+        let invalid =
+            || format!("invalid size {text:?}; write e.g. \"128MiB\", \"64MB\" or \"1048576\"");
         let trimmed = text.trim();
         let split = trimmed
             .find(|c: char| !c.is_ascii_digit())
@@ -69,7 +74,10 @@ impl FromStr for ByteSize {
                 .map(|(_, multiplier)| *multiplier)
                 .ok_or_else(invalid)?
         };
-        number.checked_mul(multiplier).map(ByteSize).ok_or_else(invalid)
+        number
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(invalid)
     }
 }
 
@@ -110,7 +118,10 @@ mod tests {
         assert_eq!("64 MB".parse::<ByteSize>().unwrap().0, 64_000_000);
         assert_eq!("1048576".parse::<ByteSize>().unwrap().0, 1 << 20);
         assert_eq!("2gib".parse::<ByteSize>().unwrap().0, 2 << 30);
-        assert!("12 parsecs".parse::<ByteSize>().unwrap_err().contains("12 parsecs"));
+        assert!("12 parsecs"
+            .parse::<ByteSize>()
+            .unwrap_err()
+            .contains("12 parsecs"));
         assert!("MiB".parse::<ByteSize>().is_err());
         assert!("99999999999999GiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(128 << 20).to_string(), "128MiB");
@@ -118,8 +129,17 @@ mod tests {
 
     #[test]
     fn durations_parse_in_human_units() {
-        assert_eq!("30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(30));
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert!("soon".parse::<HumanDuration>().unwrap_err().contains("\"soon\""));
+        assert_eq!(
+            "30s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert!("soon"
+            .parse::<HumanDuration>()
+            .unwrap_err()
+            .contains("\"soon\""));
     }
 }

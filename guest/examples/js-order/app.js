@@ -24,7 +24,7 @@ function price(order) {
   if (!Array.isArray(items) || items.length === 0) {
     throw new InvalidOrder("items must be a non-empty array");
   }
-  const discount = count(order.discount_percent ?? 0, "discount_percent", true);
+  const discount = count("discount_percent" in order ? order.discount_percent : 0, "discount_percent", true);
   if (discount > 100) {
     throw new InvalidOrder("discount_percent must be between 0 and 100");
   }

@@ -1,0 +1,274 @@
+//! The `sfn-wasm-worker` binary: `invoke` (outcome JSON, exit codes, input sources) and
+//! `check` (the load-time contract check, with its messages asserted).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn worker(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+        .args(args)
+        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sfn-wasm-worker");
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not JSON ({err}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn order() -> Value {
+    json!({"order_id": "A-1", "items": [{"sku": "pen", "quantity": 2, "unit_price_cents": 350}]})
+}
+
+/// Writes a WAT component to a temporary file and returns its path.
+fn wat_component(dir: &Path, name: &str, wat: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, wat::parse_str(wat).expect("valid WAT")).unwrap();
+    path
+}
+
+#[test]
+fn invoke_success_prints_output_and_exits_0() {
+    let guest = guest_path("rust-order");
+    let out = worker(
+        &[
+            "invoke",
+            guest.to_str().unwrap(),
+            "--input",
+            &order().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = stdout_json(&out);
+    assert_eq!(printed["status"], "succeeded");
+    assert_eq!(printed["output"]["total_cents"], 700);
+    assert!(
+        stderr(&out).contains("order A-1 priced"),
+        "guest log not on stderr: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn invoke_task_failure_prints_error_and_cause_and_exits_1() {
+    let guest = guest_path("rust-order");
+    let out = worker(
+        &[
+            "invoke",
+            guest.to_str().unwrap(),
+            "--input",
+            r#"{"order_id":"A"}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let printed = stdout_json(&out);
+    assert_eq!(printed["status"], "failed");
+    assert_eq!(printed["error"], "Order.Invalid");
+    assert!(printed["cause"].as_str().unwrap().contains("items"));
+}
+
+#[test]
+fn invoke_reads_input_from_stdin_and_from_a_file() {
+    let guest = guest_path("rust-order");
+    let out = worker(
+        &["invoke", guest.to_str().unwrap()],
+        Some(&order().to_string()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout_json(&out)["output"]["item_count"], 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.json");
+    std::fs::write(&file, order().to_string()).unwrap();
+    let out = worker(
+        &[
+            "invoke",
+            guest.to_str().unwrap(),
+            "--input-file",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout_json(&out)["output"]["order_id"], "A-1");
+}
+
+#[test]
+fn invoke_applies_timeout_and_memory_limit_flags() {
+    let guest = guest_path("adversary");
+    let path = guest.to_str().unwrap();
+    let out = worker(
+        &[
+            "invoke",
+            path,
+            "--timeout",
+            "300ms",
+            "--input",
+            r#"{"behaviour":"loop"}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"], "Wasm.Timeout");
+
+    let out = worker(
+        &[
+            "invoke",
+            path,
+            "--memory-limit",
+            "16MiB",
+            "--input",
+            r#"{"behaviour":"memory-bomb"}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"], "Wasm.OutOfMemory");
+}
+
+#[test]
+fn invoke_usage_and_load_errors_exit_2_with_a_precise_message() {
+    let guest = guest_path("rust-order");
+    let path = guest.to_str().unwrap();
+
+    let out = worker(&["invoke", path, "--input", "{not json"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("task input is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = worker(
+        &["invoke", "/nonexistent/guest.wasm", "--input", "{}"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/guest.wasm"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = worker(
+        &["invoke", path, "--input", "{}", "--memory-limit", "lots"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid size \"lots\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let core = wat_component(dir.path(), "core.wasm", "(module)");
+    let out = worker(&["invoke", core.to_str().unwrap(), "--input", "{}"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is a core WebAssembly module, not a component"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_accepts_a_good_component_and_lists_its_imports() {
+    let guest = guest_path("adversary");
+    let out = worker(&["check", guest.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.contains("sfn:activity/host@0.1.0"), "{text}");
+    assert!(text.contains("wasi:filesystem/preopens"), "{text}");
+    assert!(text.contains("handle"), "{text}");
+    assert!(text.contains("ok: this host can run it"), "{text}");
+}
+
+#[test]
+fn check_rejects_a_component_without_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = wat_component(dir.path(), "empty.wasm", "(component)");
+    let out = worker(&["check", empty.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("does not implement the world sfn:activity/handler@0.1.0"),
+        "{text}"
+    );
+    assert!(text.contains("`handle`"), "{text}");
+}
+
+#[test]
+fn check_rejects_handle_with_the_wrong_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = wat_component(
+        dir.path(),
+        "wrong-type.wasm",
+        r#"(component
+             (core module $m (func (export "handle") (result i32) i32.const 7))
+             (core instance $i (instantiate $m))
+             (func $handle (result u32) (canon lift (core func $i "handle")))
+             (export "handle" (func $handle)))"#,
+    );
+    let out = worker(&["check", wrong.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("does not implement the world sfn:activity/handler@0.1.0"),
+        "{text}"
+    );
+    assert!(text.contains("handle"), "{text}");
+    // invoke refuses it the same way, before running anything.
+    let out = worker(&["invoke", wrong.to_str().unwrap(), "--input", "{}"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("does not implement the world"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_rejects_an_import_the_host_does_not_provide() {
+    let dir = tempfile::tempdir().unwrap();
+    let needy = wat_component(
+        dir.path(),
+        "needy.wasm",
+        r#"(component (import "acme:db/query@1.0.0" (instance (export "run" (func)))))"#,
+    );
+    let out = worker(&["check", needy.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("acme:db/query@1.0.0"), "{text}");
+    assert!(text.contains("NOT PROVIDED"), "{text}");
+    assert!(
+        text.contains("imports something this host does not provide"),
+        "{text}"
+    );
+}

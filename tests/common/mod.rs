@@ -1,0 +1,129 @@
+//! Helpers shared by the end-to-end tests: guest artefacts (built on demand), one runtime
+//! per test binary, and task construction.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use sfn_wasm_worker::engine::{CacheSetting, EngineSettings};
+use sfn_wasm_worker::host_api::{CountingHeartbeat, Interrupt};
+use sfn_wasm_worker::outcome::Outcome;
+use sfn_wasm_worker::runtime::{Guest, Runtime};
+use sfn_wasm_worker::task::{Grants, Task, TaskEnd, TaskLimits, TaskStats};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The built component for `name` (see guest/build.sh), building it if it is missing.
+pub fn guest_path(name: &str) -> PathBuf {
+    static BUILD_LOCK: Mutex<()> = Mutex::new(());
+    let path = repo_root()
+        .join("target/guests")
+        .join(format!("{name}.wasm"));
+    let _guard = BUILD_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !path.exists() {
+        let status = Command::new("bash")
+            .arg(repo_root().join("guest/build.sh"))
+            .arg(name)
+            .status()
+            .expect("running guest/build.sh");
+        assert!(
+            status.success(),
+            "guest/build.sh {name} failed; see its output above"
+        );
+    }
+    path
+}
+
+/// The compilation cache the tests share (large guests compile once per machine).
+pub fn cache_dir() -> PathBuf {
+    repo_root().join("target/wasmtime-cache")
+}
+
+/// Default limits for test tasks.
+pub fn limits() -> TaskLimits {
+    TaskLimits {
+        timeout: Duration::from_secs(20),
+        memory_limit: 128 << 20,
+    }
+}
+
+/// One runtime per test binary, sized for the tests' concurrency.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(&EngineSettings {
+            max_concurrent_tasks: 16,
+            max_memory_bytes: 256 << 20,
+            cache: CacheSetting::Directory(cache_dir()),
+        })
+        .expect("creating the runtime")
+    })
+}
+
+/// The loaded guest `name`, compiled once per test binary.
+pub fn guest(name: &str) -> Guest {
+    static GUESTS: OnceLock<Mutex<HashMap<String, Guest>>> = OnceLock::new();
+    let guests = GUESTS.get_or_init(Default::default);
+    let path = guest_path(name);
+    let mut guests = guests
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    guests
+        .entry(name.to_string())
+        .or_insert_with(|| runtime().load(&path).expect("loading the guest"))
+        .clone()
+}
+
+/// A task with `input` and a counting heartbeat.
+pub fn task(input: &str) -> (Task, Arc<CountingHeartbeat>) {
+    let heartbeat = Arc::new(CountingHeartbeat::default());
+    let task = Task {
+        input: input.to_string(),
+        activity_arn: "arn:aws:states:us-east-1:123456789012:activity:tests".into(),
+        worker_name: "test-worker".into(),
+        task_id: sfn_wasm_worker::runtime::task_id("token"),
+        heartbeat: heartbeat.clone(),
+        interrupt: Interrupt::default(),
+    };
+    (task, heartbeat)
+}
+
+/// Runs `input` on guest `name` with `limits` and no grants; returns the reported outcome.
+pub async fn run_with(name: &str, input: &str, limits: &TaskLimits) -> (Outcome, TaskStats) {
+    let (task, _) = task(input);
+    match guest(name).run(task, limits, &Grants::default()).await {
+        (TaskEnd::Report(outcome), stats) => (outcome, stats),
+        (TaskEnd::Abandoned(why), _) => panic!("task unexpectedly abandoned: {why}"),
+    }
+}
+
+/// Runs `input` on guest `name` with the default limits.
+pub async fn run(name: &str, input: &str) -> Outcome {
+    run_with(name, input, &limits()).await.0
+}
+
+/// Asserts that `outcome` is a failure named `error`; returns its cause.
+pub fn expect_failure(outcome: &Outcome, error: &str) -> String {
+    match outcome {
+        Outcome::Failed { error: got, cause } if got == error => cause.clone(),
+        other => panic!("expected failure {error}, got {other:?}"),
+    }
+}
+
+/// Asserts that `outcome` succeeded; returns its output parsed.
+pub fn expect_success(outcome: &Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Succeeded { output } => serde_json::from_str(output).expect("output is JSON"),
+        other => panic!("expected success, got {other:?}"),
+    }
+}

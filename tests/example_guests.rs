@@ -1,0 +1,83 @@
+//! The four example guests (Rust, Python, JavaScript, C) implement the same order contract
+//! (guest/examples/README.md): each must give the same outputs and the same task errors.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const EXAMPLES: [&str; 4] = ["rust-order", "python-order", "js-order", "c-order"];
+
+/// Valid orders and the output every example must return for them.
+fn valid_orders() -> Vec<(Value, Value)> {
+    vec![
+        (
+            json!({"order_id": "A-1", "items": [{"sku": "pen", "quantity": 2, "unit_price_cents": 350}], "discount_percent": 10}),
+            json!({"order_id": "A-1", "lines": 1, "item_count": 2, "subtotal_cents": 700, "discount_cents": 70, "total_cents": 630, "status": "accepted"}),
+        ),
+        (
+            json!({"order_id": "Ünïcode \"quoted\" \\ 🐎", "items": [
+                {"sku": "a", "quantity": 1, "unit_price_cents": 999},
+                {"sku": "b", "quantity": 3, "unit_price_cents": 0},
+                {"sku": "c", "quantity": 7, "unit_price_cents": 1234}
+            ], "note": "extra fields are ignored"}),
+            json!({"order_id": "Ünïcode \"quoted\" \\ 🐎", "lines": 3, "item_count": 11, "subtotal_cents": 9637, "discount_cents": 0, "total_cents": 9637, "status": "accepted"}),
+        ),
+        (
+            json!({"order_id": "B", "items": [{"sku": "x", "quantity": 3, "unit_price_cents": 333}], "discount_percent": 33}),
+            json!({"order_id": "B", "lines": 1, "item_count": 3, "subtotal_cents": 999, "discount_cents": 329, "total_cents": 670, "status": "accepted"}),
+        ),
+    ]
+}
+
+/// Invalid orders: every example must fail them with `Order.Invalid`.
+fn invalid_orders() -> Vec<Value> {
+    vec![
+        json!([1, 2, 3]),
+        json!("just a string"),
+        json!({"items": [{"sku": "x", "quantity": 1, "unit_price_cents": 1}]}),
+        json!({"order_id": "", "items": [{"sku": "x", "quantity": 1, "unit_price_cents": 1}]}),
+        json!({"order_id": 42, "items": [{"sku": "x", "quantity": 1, "unit_price_cents": 1}]}),
+        json!({"order_id": "A", "items": []}),
+        json!({"order_id": "A", "items": "none"}),
+        json!({"order_id": "A", "items": [{"sku": "", "quantity": 1, "unit_price_cents": 1}]}),
+        json!({"order_id": "A", "items": [{"sku": "x", "quantity": 0, "unit_price_cents": 1}]}),
+        json!({"order_id": "A", "items": [{"sku": "x", "quantity": -2, "unit_price_cents": 1}]}),
+        json!({"order_id": "A", "items": [{"sku": "x", "quantity": 1.5, "unit_price_cents": 1}]}),
+        json!({"order_id": "A", "items": [{"sku": "x", "quantity": 1}]}),
+        json!({"order_id": "A", "items": [{"sku": "x", "quantity": 1, "unit_price_cents": -1}]}),
+        json!({"order_id": "A", "items": [{"sku": "x", "quantity": 1, "unit_price_cents": 1}], "discount_percent": 101}),
+    ]
+}
+
+async fn check_example(name: &str) {
+    for (input, expected) in valid_orders() {
+        let output = expect_success(&run(name, &input.to_string()).await);
+        assert_eq!(output, expected, "{name} on {input}");
+    }
+    for input in invalid_orders() {
+        let outcome = run(name, &input.to_string()).await;
+        let cause = expect_failure(&outcome, "Order.Invalid");
+        assert!(!cause.is_empty(), "{name} gave an empty cause for {input}");
+    }
+}
+
+#[tokio::test]
+async fn rust_example_prices_and_validates_orders() {
+    check_example(EXAMPLES[0]).await;
+}
+
+#[tokio::test]
+async fn python_example_prices_and_validates_orders() {
+    check_example(EXAMPLES[1]).await;
+}
+
+#[tokio::test]
+async fn javascript_example_prices_and_validates_orders() {
+    check_example(EXAMPLES[2]).await;
+}
+
+#[tokio::test]
+async fn c_example_prices_and_validates_orders() {
+    check_example(EXAMPLES[3]).await;
+}

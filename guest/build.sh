@@ -6,7 +6,7 @@
 #
 # Guests: rust-order, adversary (Rust), python-order (componentize-py), js-order (jco),
 # c-order (clang + wasi-libc + wit-bindgen c). The toolchains are installed by
-# .ci/install-guest-toolchains (see ../shared/TOOLCHAIN.md for why each step is as it is).
+# .ci/install-tools (see ../shared/TOOLCHAIN.md for why each step is as it is).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +20,7 @@ all=(rust-order adversary python-order js-order c-order)
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
 need() {
     command -v "$1" >/dev/null 2>&1 || {
-        note "'$1' is missing: run .ci/install-guest-toolchains first"
+        note "'$1' is missing: run .ci/install-tools first"
         exit 1
     }
 }
@@ -30,7 +30,7 @@ need() {
 build_rust() {
     local crate=$1
     [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] || {
-        note "Debian's cargo-web/rustc-web are missing: run .ci/install-guest-toolchains first"
+        note "Debian's cargo-web/rustc-web are missing: run .ci/install-tools first"
         exit 1
     }
     env RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \

@@ -6,11 +6,16 @@
 //! - [`outcome`]: the stable outcome table (error names, size limits, truncation);
 //! - [`host_api`]: the host functions guests import (`log`, `heartbeat`) and interruption.
 
+pub mod backoff;
 pub mod bindings;
+pub mod config;
 pub mod engine;
 pub mod host_api;
 pub mod outcome;
 pub mod output_capture;
 pub mod runtime;
+pub mod sfn;
+pub mod shutdown;
 pub mod task;
 pub mod units;
+pub mod worker;

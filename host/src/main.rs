@@ -1,18 +1,22 @@
-//! The `sfn-wasm-worker` command line: `invoke` and `check`.
+//! The `sfn-wasm-worker` command line: `run` (the worker), `invoke` and `check`.
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use sfn_wasm_worker::config::{ActivityConfig, Config};
 use sfn_wasm_worker::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::runtime::{self, Runtime, WORLD};
 use sfn_wasm_worker::task::{Grants, Task, TaskEnd, TaskLimits};
 use sfn_wasm_worker::units::{ByteSize, HumanDuration};
+use sfn_wasm_worker::worker::Worker;
+use sfn_wasm_worker::{sfn, shutdown};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// Exit code for a task that failed (its outcome is still printed).
+/// Exit code for a task that failed (its outcome is still printed), or a worker that lost
+/// every activity.
 const EXIT_TASK_FAILED: u8 = 1;
 /// Exit code for bad usage, bad input or a component that cannot be loaded.
 const EXIT_USAGE: u8 = 2;
@@ -52,6 +56,8 @@ struct GlobalArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve Step Functions activities until SIGTERM/SIGINT, then drain
+    Run(RunArgs),
     /// Run one task locally and print its outcome as Step Functions would get it
     Invoke(InvokeArgs),
     /// Check a component against the sfn:activity/handler world and list its imports
@@ -59,6 +65,46 @@ enum Command {
         /// The component (.wasm)
         component: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The configuration file (TOML; see README "Configuration")
+    #[arg(long, short, conflicts_with_all = ["activity_arn", "component"], required_unless_present = "activity_arn")]
+    config: Option<PathBuf>,
+    /// Serve this one activity (instead of --config)
+    #[arg(long, requires = "component")]
+    activity_arn: Option<String>,
+    /// The component for --activity-arn
+    #[arg(long, requires = "activity_arn")]
+    component: Option<PathBuf>,
+    /// With --activity-arn: tasks that may run at once
+    #[arg(long, default_value_t = 4)]
+    max_concurrency: u32,
+    /// With --activity-arn: long polls kept open at once
+    #[arg(long, default_value_t = 1)]
+    pollers: u32,
+    /// With --activity-arn: wall-clock limit per task [default: 60s]
+    #[arg(long)]
+    timeout: Option<HumanDuration>,
+    /// With --activity-arn: memory cap per task [default: 128MiB]
+    #[arg(long)]
+    memory_limit: Option<ByteSize>,
+    /// With --activity-arn: heartbeat every in-flight task at this interval [default: off]
+    #[arg(long)]
+    heartbeat_interval: Option<HumanDuration>,
+    /// The workerName sent on polls [default: hostname-pid]
+    #[arg(long)]
+    worker_name: Option<String>,
+    /// Step Functions endpoint, e.g. http://127.0.0.1:4566 [default: AWS_ENDPOINT_URL or AWS]
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// AWS region [default: the AWS configuration chain]
+    #[arg(long)]
+    region: Option<String>,
+    /// How long shutdown waits for in-flight tasks [default: 30s]
+    #[arg(long)]
+    drain_timeout: Option<HumanDuration>,
 }
 
 #[derive(Args)]
@@ -156,8 +202,66 @@ fn cache_setting(global: &GlobalArgs) -> CacheSetting {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let cache = cache_setting(&cli.global);
     match cli.command {
+        Command::Run(args) => serve(args, cli.global).await,
         Command::Invoke(args) => invoke(args, cache).await,
         Command::Check { component } => check(component, cache),
+    }
+}
+
+/// Builds the configuration from --config or the single-activity flags; flags given with
+/// --config override its `[worker]` section.
+fn run_config(args: &RunArgs) -> Result<Config> {
+    let mut config = match (&args.config, &args.activity_arn, &args.component) {
+        (Some(path), _, _) => Config::load(path)?,
+        (None, Some(arn), Some(component)) => {
+            let mut activity = ActivityConfig::new(arn.clone(), component.clone());
+            activity.max_concurrency = args.max_concurrency;
+            activity.pollers = args.pollers;
+            activity.timeout = args.timeout;
+            activity.memory_limit = args.memory_limit;
+            activity.heartbeat_interval = args.heartbeat_interval;
+            Config {
+                worker: Default::default(),
+                activities: vec![activity],
+            }
+        }
+        _ => anyhow::bail!("give --config FILE, or --activity-arn ARN with --component FILE"),
+    };
+    let worker = &mut config.worker;
+    worker.name = args.worker_name.clone().or(worker.name.take());
+    worker.endpoint_url = args.endpoint_url.clone().or(worker.endpoint_url.take());
+    worker.region = args.region.clone().or(worker.region.take());
+    worker.drain_timeout = args.drain_timeout.or(worker.drain_timeout);
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(args: RunArgs, global: GlobalArgs) -> Result<ExitCode> {
+    let config = run_config(&args)?;
+    let cache = match (&global.cache_dir, &config.worker.cache_dir, global.no_cache) {
+        (_, _, true) => CacheSetting::Disabled,
+        (Some(dir), _, false) | (None, Some(dir), false) => CacheSetting::Directory(dir.clone()),
+        (None, None, false) => CacheSetting::Default,
+    };
+    let runtime = Runtime::new(&EngineSettings {
+        max_concurrent_tasks: config.total_concurrency(),
+        max_memory_bytes: config.max_memory_limit(),
+        cache,
+    })?;
+    let client = sfn::SfnClient::new(&sfn::load_sdk_config(&config.worker).await);
+    let worker = Worker::new(&runtime, &config, client)?;
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        if let Err(err) = shutdown::trigger_on_signals(trigger).await {
+            tracing::error!(error = %err, "cannot listen for SIGTERM/SIGINT");
+        }
+    });
+    match worker.run(shutdown).await {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(err) => {
+            tracing::error!("{err:#}");
+            Ok(ExitCode::from(EXIT_TASK_FAILED))
+        }
     }
 }
 

@@ -62,7 +62,7 @@ pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         Runtime::new(&EngineSettings {
-            max_concurrent_tasks: 16,
+            max_concurrent_tasks: 64,
             max_memory_bytes: 256 << 20,
             cache: CacheSetting::Directory(cache_dir()),
         })

@@ -1,0 +1,366 @@
+//! The worker's configuration: one TOML file, many activities (each a tenant with its own
+//! component, limits and grants), or a single activity given on the command line.
+//!
+//! Every problem is reported before any poll starts, naming the file, the key and the fix.
+
+use crate::task::{Grants, TaskLimits};
+use crate::units::{ByteSize, HumanDuration};
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The most long polls AWS allows open per activity ARN.
+pub const MAX_POLLERS_PER_ACTIVITY: u32 = 1_000;
+/// Default wall-clock limit per task.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default memory cap per task.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+/// Default time shutdown waits for in-flight tasks.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub worker: WorkerSection,
+    /// The activities to serve (`[[activity]]` tables).
+    #[serde(default, rename = "activity")]
+    pub activities: Vec<ActivityConfig>,
+}
+
+/// `[worker]`: process-wide settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// `workerName` sent on every poll (default: hostname-pid).
+    pub name: Option<String>,
+    /// AWS region (default: the standard AWS configuration chain).
+    pub region: Option<String>,
+    /// Step Functions endpoint, e.g. `http://127.0.0.1:4566` for LocalStack
+    /// (default: `AWS_ENDPOINT_URL` or the region's endpoint).
+    pub endpoint_url: Option<String>,
+    /// How long shutdown waits for in-flight tasks before failing them with
+    /// `Worker.ShuttingDown` (default 30s).
+    pub drain_timeout: Option<HumanDuration>,
+    /// Compilation cache directory (default: wasmtime's, under ~/.cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[[activity]]`: one activity and the component that handles its tasks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityConfig {
+    /// The activity's ARN: `arn:aws:states:REGION:ACCOUNT:activity:NAME`.
+    pub arn: String,
+    /// The guest component (.wasm); relative paths are relative to the config file.
+    pub component: PathBuf,
+    /// Tasks of this activity that may run at once (default 4).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Long polls kept open at once, each holding a free slot (default 1; at most
+    /// `max_concurrency` and 1 000).
+    #[serde(default = "default_pollers")]
+    pub pollers: u32,
+    /// Wall-clock limit per task (default 60s).
+    pub timeout: Option<HumanDuration>,
+    /// Linear-memory cap per task (default 128MiB).
+    pub memory_limit: Option<ByteSize>,
+    /// Send SendTaskHeartbeat for every in-flight task at this interval (default: off).
+    pub heartbeat_interval: Option<HumanDuration>,
+    /// Environment variables granted to the guest.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Host directories the guest may read: host path → path inside the guest.
+    #[serde(default)]
+    pub read_only_dirs: BTreeMap<PathBuf, String>,
+}
+
+fn default_max_concurrency() -> u32 {
+    4
+}
+
+fn default_pollers() -> u32 {
+    1
+}
+
+impl ActivityConfig {
+    /// A single activity with default settings (the command-line form).
+    pub fn new(arn: String, component: PathBuf) -> ActivityConfig {
+        ActivityConfig {
+            arn,
+            component,
+            max_concurrency: default_max_concurrency(),
+            pollers: default_pollers(),
+            timeout: None,
+            memory_limit: None,
+            heartbeat_interval: None,
+            env: BTreeMap::new(),
+            read_only_dirs: BTreeMap::new(),
+        }
+    }
+
+    /// The per-task limits.
+    pub fn limits(&self) -> TaskLimits {
+        TaskLimits {
+            timeout: self.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
+            memory_limit: self.memory_limit.map_or(DEFAULT_MEMORY_LIMIT, |m| m.0),
+        }
+    }
+
+    /// The capabilities granted to the guest.
+    pub fn grants(&self) -> Grants {
+        Grants {
+            env: self.env.clone().into_iter().collect(),
+            read_only_dirs: self.read_only_dirs.clone().into_iter().collect(),
+        }
+    }
+
+    /// The activity's short name (after `:activity:`), for logs.
+    pub fn name(&self) -> &str {
+        self.arn.rsplit(':').next().unwrap_or(&self.arn)
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|err| {
+            anyhow::anyhow!(
+                "config file {}: {}",
+                path.display(),
+                err.to_string().trim_end()
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for activity in &mut config.activities {
+            if activity.component.is_relative() {
+                activity.component = base.join(&activity.component);
+            }
+        }
+        config
+            .validate()
+            .with_context(|| format!("config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: at least one activity, well-formed unique ARNs, files that
+    /// exist, bounds on concurrency and pollers.
+    pub fn validate(&self) -> Result<()> {
+        if self.activities.is_empty() {
+            bail!("no activities: add an [[activity]] table with `arn` and `component`");
+        }
+        if let Some(HumanDuration(d)) = self.worker.drain_timeout {
+            if d.is_zero() {
+                bail!("[worker] drain_timeout must be more than 0s");
+            }
+        }
+        let mut seen = HashSet::new();
+        for (index, activity) in self.activities.iter().enumerate() {
+            let at = format!("activity[{index}] ({})", activity.arn);
+            validate_arn(&activity.arn).with_context(|| format!("{at}: key `arn`"))?;
+            if !seen.insert(activity.arn.as_str()) {
+                bail!("{at}: key `arn`: this activity is listed twice; merge the two tables");
+            }
+            if !activity.component.is_file() {
+                bail!(
+                    "{at}: key `component`: {} does not exist; build the guest (guest/build.sh) or fix the path",
+                    activity.component.display()
+                );
+            }
+            if activity.max_concurrency == 0 {
+                bail!("{at}: key `max_concurrency` must be at least 1");
+            }
+            if activity.pollers == 0
+                || activity.pollers > activity.max_concurrency.min(MAX_POLLERS_PER_ACTIVITY)
+            {
+                bail!(
+                    "{at}: key `pollers` is {} but must be between 1 and max_concurrency ({}) and at most \
+                     {MAX_POLLERS_PER_ACTIVITY}: each open poll holds a free task slot",
+                    activity.pollers,
+                    activity.max_concurrency
+                );
+            }
+            let limits = activity.limits();
+            if limits.timeout.is_zero() {
+                bail!("{at}: key `timeout` must be more than 0s");
+            }
+            if limits.memory_limit < 1 << 20 {
+                bail!("{at}: key `memory_limit` must be at least 1MiB");
+            }
+            if let Some(HumanDuration(interval)) = activity.heartbeat_interval {
+                if interval < Duration::from_secs(1) {
+                    bail!("{at}: key `heartbeat_interval` must be at least 1s");
+                }
+            }
+            for host in activity.read_only_dirs.keys() {
+                if !host.is_dir() {
+                    bail!(
+                        "{at}: key `read_only_dirs`: {} is not a directory on this host",
+                        host.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tasks that may run at once across every activity: sizes the engine's pool.
+    pub fn total_concurrency(&self) -> u32 {
+        self.activities.iter().map(|a| a.max_concurrency).sum()
+    }
+
+    /// The largest per-task memory cap: sizes a pooled memory slot.
+    pub fn max_memory_limit(&self) -> u64 {
+        self.activities
+            .iter()
+            .map(|a| a.limits().memory_limit)
+            .max()
+            .unwrap_or(DEFAULT_MEMORY_LIMIT)
+    }
+
+    /// Drain timeout, with its default.
+    pub fn drain_timeout(&self) -> Duration {
+        self.worker
+            .drain_timeout
+            .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0)
+    }
+
+    /// The worker name, defaulting to hostname-pid.
+    pub fn worker_name(&self) -> String {
+        self.worker.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            )
+        })
+    }
+}
+
+/// Accepts `arn:PARTITION:states:REGION:ACCOUNT:activity:NAME`.
+pub fn validate_arn(arn: &str) -> Result<()> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let well_formed = parts.len() == 7
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "states"
+        && !parts[3].is_empty()
+        && !parts[4].is_empty()
+        && parts[5] == "activity"
+        && !parts[6].is_empty();
+    if !well_formed {
+        bail!(
+            "{arn:?} is not an activity ARN; expected arn:aws:states:REGION:ACCOUNT:activity:NAME \
+             (aws stepfunctions create-activity --name NAME prints it)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_full_config_parses_with_human_units_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "orders.wasm", "");
+        let path = write(
+            dir.path(),
+            "worker.toml",
+            r#"
+            [worker]
+            name = "w1"
+            region = "eu-west-1"
+            endpoint_url = "http://127.0.0.1:4566"
+            drain_timeout = "10s"
+
+            [[activity]]
+            arn = "arn:aws:states:eu-west-1:123456789012:activity:orders"
+            component = "orders.wasm"
+            max_concurrency = 8
+            pollers = 2
+            timeout = "30s"
+            memory_limit = "64MiB"
+            heartbeat_interval = "20s"
+            env = { REGION = "eu-west-1" }
+            "#,
+        );
+        let config = Config::load(&path).unwrap();
+        let activity = &config.activities[0];
+        assert_eq!(activity.component, dir.path().join("orders.wasm"));
+        assert_eq!(activity.limits().timeout, Duration::from_secs(30));
+        assert_eq!(activity.limits().memory_limit, 64 << 20);
+        assert_eq!(
+            activity.heartbeat_interval.unwrap().0,
+            Duration::from_secs(20)
+        );
+        assert_eq!(config.drain_timeout(), Duration::from_secs(10));
+        assert_eq!(config.worker_name(), "w1");
+        assert_eq!(activity.name(), "orders");
+        assert_eq!(config.total_concurrency(), 8);
+    }
+
+    fn load_error(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "g.wasm", "");
+        let path = write(dir.path(), "worker.toml", text);
+        format!("{:#}", Config::load(&path).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_fix() {
+        let arn = "arn:aws:states:us-east-1:1:activity:a";
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurency = 3\n"
+        ));
+        assert!(
+            err.contains("worker.toml") && err.contains("unknown field `max_concurency`"),
+            "{err}"
+        );
+
+        let err = load_error("[[activity]]\narn = \"orders\"\ncomponent = \"g.wasm\"\n");
+        assert!(
+            err.contains("key `arn`") && err.contains("arn:aws:states:REGION"),
+            "{err}"
+        );
+
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"missing.wasm\"\n"
+        ));
+        assert!(
+            err.contains("key `component`") && err.contains("missing.wasm does not exist"),
+            "{err}"
+        );
+
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\ntimeout = \"soon\"\n"
+        ));
+        assert!(err.contains("invalid duration \"soon\""), "{err}");
+
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 2\npollers = 3\n"
+        ));
+        assert!(err.contains("key `pollers`"), "{err}");
+
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"
+        ));
+        assert!(err.contains("listed twice"), "{err}");
+
+        let err = load_error("[worker]\nname = \"w\"\n");
+        assert!(err.contains("no activities"), "{err}");
+    }
+}

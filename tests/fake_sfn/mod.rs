@@ -1,0 +1,534 @@
+//! A fake of the Step Functions activity API for tests and benchmarks.
+//!
+//! It speaks the real AWS JSON 1.0 protocol (`POST /`, `X-Amz-Target:
+//! AWSStepFunctions.<Operation>`, `application/x-amz-json-1.0` bodies and `__type` error
+//! codes), so the worker talks to it through the real aws-sdk-sfn client. It holds long polls
+//! like the service (for [`FakeSfn::set_poll_hold`], not 60 s), records every task's fate,
+//! and injects faults: throttling, 5xx, slow responses, connection resets, and the
+//! task-over errors on heartbeats and reports.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// The activity API operations the fake serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    GetActivityTask,
+    SendTaskSuccess,
+    SendTaskFailure,
+    SendTaskHeartbeat,
+}
+
+impl Op {
+    fn from_target(target: &str) -> Option<Op> {
+        Some(match target.strip_prefix("AWSStepFunctions.")? {
+            "GetActivityTask" => Op::GetActivityTask,
+            "SendTaskSuccess" => Op::SendTaskSuccess,
+            "SendTaskFailure" => Op::SendTaskFailure,
+            "SendTaskHeartbeat" => Op::SendTaskHeartbeat,
+            _ => return None,
+        })
+    }
+}
+
+/// A fault to inject into the next call(s) of an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// 400 `ThrottlingException`.
+    Throttle,
+    /// 500 `InternalFailure`.
+    ServerError,
+    /// Answer normally, after this delay.
+    Slow(Duration),
+    /// Close the connection without answering.
+    Reset,
+    /// 400 with this error code (e.g. `TaskTimedOut`, `InvalidToken`).
+    Error(&'static str),
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// Waiting for a poll.
+    Queued,
+    /// Handed to a worker.
+    Running,
+    /// SendTaskSuccess with this output.
+    Succeeded(String),
+    /// SendTaskFailure with this error and cause.
+    Failed { error: String, cause: String },
+    /// Timed out (by the test): heartbeats and reports get `TaskTimedOut`.
+    TimedOut,
+}
+
+/// Everything the fake knows about one task.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub activity_arn: String,
+    pub input: String,
+    pub state: TaskState,
+    pub heartbeats: u32,
+    /// SendTaskSuccess/SendTaskFailure calls that reached it (accepted or not).
+    pub reports: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    queues: HashMap<String, VecDeque<String>>,
+    tasks: HashMap<String, TaskRecord>,
+    faults: HashMap<Op, VecDeque<Fault>>,
+    calls: HashMap<Op, u64>,
+    open_polls: HashMap<String, usize>,
+    /// The most (open polls + running tasks) seen at once per activity.
+    max_busy: HashMap<String, usize>,
+    running: HashMap<String, usize>,
+    max_running: HashMap<String, usize>,
+    worker_names: Vec<String>,
+    next_token: u64,
+}
+
+impl Inner {
+    fn note_busy(&mut self, arn: &str) {
+        let busy = self.open_polls.get(arn).copied().unwrap_or(0)
+            + self.running.get(arn).copied().unwrap_or(0);
+        let max = self.max_busy.entry(arn.to_string()).or_default();
+        *max = (*max).max(busy);
+        let running = self.running.get(arn).copied().unwrap_or(0);
+        let max = self.max_running.entry(arn.to_string()).or_default();
+        *max = (*max).max(running);
+    }
+
+    fn finish(&mut self, token: &str, state: TaskState) {
+        if let Some(task) = self.tasks.get_mut(token) {
+            if task.state == TaskState::Running {
+                *self.running.entry(task.activity_arn.clone()).or_default() -= 1;
+            }
+            task.state = state;
+        }
+    }
+}
+
+struct State {
+    inner: Mutex<Inner>,
+    task_queued: Notify,
+    poll_hold: Mutex<Duration>,
+}
+
+/// A running fake Step Functions endpoint on 127.0.0.1.
+pub struct FakeSfn {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    state: Arc<State>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeSfn {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The account and region of every fake ARN.
+pub const ARN_PREFIX: &str = "arn:aws:states:us-east-1:000000000000:activity:";
+
+impl FakeSfn {
+    /// Starts the fake on a free loopback port; long polls are held 200 ms.
+    pub async fn start() -> FakeSfn {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake");
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(State {
+            inner: Mutex::default(),
+            task_queued: Notify::new(),
+            poll_hold: Mutex::new(Duration::from_millis(200)),
+        });
+        let server_state = state.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let state = server_state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(state.clone(), request));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeSfn {
+            endpoint,
+            state,
+            server,
+        }
+    }
+
+    /// An aws-sdk-sfn configuration pointing at the fake, with static test credentials.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+                "test", "test", None, None, "fake",
+            ))
+            .load()
+            .await
+    }
+
+    /// How long an empty poll is held before it answers "no task".
+    pub fn set_poll_hold(&self, hold: Duration) {
+        *self.state.poll_hold.lock().unwrap() = hold;
+    }
+
+    /// Creates an activity and returns its ARN.
+    pub fn create_activity(&self, name: &str) -> String {
+        let arn = format!("{ARN_PREFIX}{name}");
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .queues
+            .entry(arn.clone())
+            .or_default();
+        arn
+    }
+
+    /// Queues a task with `input` for the activity and returns its token.
+    pub fn enqueue(&self, arn: &str, input: &str) -> String {
+        let mut inner = self.state.inner.lock().unwrap();
+        inner.next_token += 1;
+        let token = format!("fake-token-{}-{}", inner.next_token, "x".repeat(64));
+        inner.tasks.insert(
+            token.clone(),
+            TaskRecord {
+                activity_arn: arn.to_string(),
+                input: input.to_string(),
+                state: TaskState::Queued,
+                heartbeats: 0,
+                reports: 0,
+            },
+        );
+        inner
+            .queues
+            .get_mut(arn)
+            .expect("create_activity first")
+            .push_back(token.clone());
+        drop(inner);
+        self.state.task_queued.notify_waiters();
+        token
+    }
+
+    /// Makes the next `times` calls of `op` fail with `fault`.
+    pub fn inject(&self, op: Op, fault: Fault, times: usize) {
+        let mut inner = self.state.inner.lock().unwrap();
+        let queue = inner.faults.entry(op).or_default();
+        queue.extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Removes every pending fault.
+    pub fn clear_faults(&self) {
+        self.state.inner.lock().unwrap().faults.clear();
+    }
+
+    /// Times a task out, as Step Functions does when its TimeoutSeconds or
+    /// HeartbeatSeconds pass.
+    pub fn time_out(&self, token: &str) {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .finish(token, TaskState::TimedOut);
+    }
+
+    /// The record of one task.
+    pub fn task(&self, token: &str) -> TaskRecord {
+        self.state.inner.lock().unwrap().tasks[token].clone()
+    }
+
+    /// Calls of `op` received so far (faulted ones included).
+    pub fn calls(&self, op: Op) -> u64 {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .calls
+            .get(&op)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Polls open on the activity now.
+    pub fn open_polls(&self, arn: &str) -> usize {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .open_polls
+            .get(arn)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Tasks of the activity handed out and not yet reported, now.
+    pub fn running(&self, arn: &str) -> usize {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .running
+            .get(arn)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The most tasks of the activity running at once.
+    pub fn max_running(&self, arn: &str) -> usize {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .max_running
+            .get(arn)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The most open polls plus running tasks of the activity at once.
+    pub fn max_busy(&self, arn: &str) -> usize {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .max_busy
+            .get(arn)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every `workerName` sent on GetActivityTask, in order.
+    pub fn worker_names(&self) -> Vec<String> {
+        self.state.inner.lock().unwrap().worker_names.clone()
+    }
+
+    /// Waits until `done(self)` holds, checking every 10 ms; panics after `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&FakeSfn) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the task has a final state and returns it.
+    pub async fn wait_for_result(&self, token: &str, timeout: Duration) -> TaskState {
+        self.wait_until(timeout, "a task result", |fake| {
+            matches!(
+                fake.task(token).state,
+                TaskState::Succeeded(_) | TaskState::Failed { .. }
+            )
+        })
+        .await;
+        self.task(token).state
+    }
+}
+
+type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
+
+fn answer(status: StatusCode, body: Value) -> Answer {
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.0")
+        .header("x-amzn-requestid", "fake-request")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap())
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Answer {
+    answer(
+        status,
+        json!({ "__type": format!("com.amazonaws.swf.service.v2.model#{code}"), "message": message }),
+    )
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
+    let target = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let Some(op) = Op::from_target(&target) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            &target,
+        );
+    };
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let fault = {
+        let mut inner = state.inner.lock().unwrap();
+        *inner.calls.entry(op).or_default() += 1;
+        inner.faults.get_mut(&op).and_then(VecDeque::pop_front)
+    };
+    match fault {
+        Some(Fault::Throttle) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ThrottlingException",
+                "Rate exceeded",
+            )
+        }
+        Some(Fault::ServerError) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalFailure",
+                "injected",
+            )
+        }
+        Some(Fault::Reset) => return Err(std::io::Error::other("injected connection reset")),
+        Some(Fault::Error(code)) => return error(StatusCode::BAD_REQUEST, code, "injected"),
+        Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
+    let token = body["taskToken"].as_str().unwrap_or_default().to_string();
+    match op {
+        Op::GetActivityTask => get_activity_task(&state, &body).await,
+        Op::SendTaskSuccess => {
+            let output = body["output"].as_str().unwrap_or_default().to_string();
+            if serde_json::from_str::<Value>(&output).is_err() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidOutput",
+                    "output is not JSON",
+                );
+            }
+            report(&state, &token, TaskState::Succeeded(output))
+        }
+        Op::SendTaskFailure => {
+            let failure = TaskState::Failed {
+                error: body["error"].as_str().unwrap_or_default().to_string(),
+                cause: body["cause"].as_str().unwrap_or_default().to_string(),
+            };
+            report(&state, &token, failure)
+        }
+        Op::SendTaskHeartbeat => {
+            let mut inner = state.inner.lock().unwrap();
+            match inner.tasks.get_mut(&token) {
+                None => error(StatusCode::BAD_REQUEST, "InvalidToken", "unknown token"),
+                Some(task) if task.state == TaskState::Running => {
+                    task.heartbeats += 1;
+                    answer(StatusCode::OK, json!({}))
+                }
+                Some(_) => error(StatusCode::BAD_REQUEST, "TaskTimedOut", "task is over"),
+            }
+        }
+    }
+}
+
+fn report(state: &State, token: &str, result: TaskState) -> Answer {
+    let mut inner = state.inner.lock().unwrap();
+    let Some(task) = inner.tasks.get_mut(token) else {
+        return error(StatusCode::BAD_REQUEST, "InvalidToken", "unknown token");
+    };
+    task.reports += 1;
+    match task.state {
+        TaskState::Running => {
+            inner.finish(token, result);
+            answer(StatusCode::OK, json!({}))
+        }
+        TaskState::TimedOut => error(StatusCode::BAD_REQUEST, "TaskTimedOut", "task timed out"),
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "TaskDoesNotExist",
+            "task already reported",
+        ),
+    }
+}
+
+/// Decrements the open-poll count when a poll ends, answered or abandoned.
+struct OpenPoll<'a> {
+    state: &'a State,
+    arn: String,
+}
+
+impl Drop for OpenPoll<'_> {
+    fn drop(&mut self) {
+        *self
+            .state
+            .inner
+            .lock()
+            .unwrap()
+            .open_polls
+            .entry(self.arn.clone())
+            .or_default() -= 1;
+    }
+}
+
+async fn get_activity_task(state: &State, body: &Value) -> Answer {
+    let arn = body["activityArn"].as_str().unwrap_or_default().to_string();
+    {
+        let mut inner = state.inner.lock().unwrap();
+        if !inner.queues.contains_key(&arn) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ActivityDoesNotExist",
+                &format!("no activity {arn}"),
+            );
+        }
+        let worker_name = body["workerName"].as_str().unwrap_or_default().to_string();
+        inner.worker_names.push(worker_name);
+        *inner.open_polls.entry(arn.clone()).or_default() += 1;
+        inner.note_busy(&arn);
+    }
+    let open = OpenPoll {
+        state,
+        arn: arn.clone(),
+    };
+    let deadline = tokio::time::Instant::now() + *state.poll_hold.lock().unwrap();
+    loop {
+        let queued = state.task_queued.notified();
+        {
+            let mut inner = state.inner.lock().unwrap();
+            if let Some(token) = inner.queues.get_mut(&arn).and_then(VecDeque::pop_front) {
+                let task = inner.tasks.get_mut(&token).unwrap();
+                task.state = TaskState::Running;
+                let input = task.input.clone();
+                *inner.running.entry(arn.clone()).or_default() += 1;
+                drop(inner);
+                drop(open);
+                state.inner.lock().unwrap().note_busy(&arn);
+                return answer(
+                    StatusCode::OK,
+                    json!({ "taskToken": token, "input": input }),
+                );
+            }
+        }
+        if tokio::time::timeout_at(deadline, queued).await.is_err() {
+            return answer(StatusCode::OK, json!({}));
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The worker against the Step Functions fake: polling, concurrency, errors and backoff,
+//! heartbeats and cancellation, reporting, and graceful shutdown. Deterministic: the fake
+//! decides what each call returns.
+
+mod common;
+mod fake_sfn;
+
+use common::*;
+use fake_sfn::{FakeSfn, Fault, Op, TaskState};
+use serde_json::{json, Value};
+use sfn_wasm_worker::config::{ActivityConfig, Config, WorkerSection};
+use sfn_wasm_worker::sfn::SfnClient;
+use sfn_wasm_worker::shutdown::{self, ShutdownTrigger};
+use sfn_wasm_worker::units::HumanDuration;
+use sfn_wasm_worker::worker::{StatsSnapshot, Worker, WorkerStats};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn activity(arn: &str, guest: &str) -> ActivityConfig {
+    ActivityConfig::new(arn.to_string(), guest_path(guest))
+}
+
+struct RunningWorker {
+    trigger: ShutdownTrigger,
+    handle: JoinHandle<anyhow::Result<StatsSnapshot>>,
+    stats: Arc<WorkerStats>,
+}
+
+impl RunningWorker {
+    async fn start(
+        fake: &FakeSfn,
+        activities: Vec<ActivityConfig>,
+        drain_timeout: Duration,
+    ) -> RunningWorker {
+        let config = Config {
+            worker: WorkerSection {
+                name: Some("test-worker-1".into()),
+                drain_timeout: Some(HumanDuration(drain_timeout)),
+                ..Default::default()
+            },
+            activities,
+        };
+        let client = SfnClient::new(&fake.sdk_config().await);
+        let worker = Worker::new(runtime(), &config, client).expect("starting the worker");
+        let stats = worker.stats();
+        let (trigger, shutdown) = shutdown::channel();
+        let handle = tokio::spawn(worker.run(shutdown));
+        RunningWorker {
+            trigger,
+            handle,
+            stats,
+        }
+    }
+
+    async fn stop(self) -> StatsSnapshot {
+        self.trigger.trigger();
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("the worker did not stop")
+            .unwrap()
+            .expect("the worker failed")
+    }
+}
+
+fn order(id: &str) -> String {
+    json!({"order_id": id, "items": [{"sku": "x", "quantity": 2, "unit_price_cents": 100}]})
+        .to_string()
+}
+
+fn output_of(state: &TaskState) -> Value {
+    match state {
+        TaskState::Succeeded(output) => serde_json::from_str(output).unwrap(),
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tasks_succeed_and_fail_as_the_guest_says() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("orders");
+    let good = fake.enqueue(&arn, &order("A-1"));
+    let bad = fake.enqueue(&arn, r#"{"order_id": "A-2"}"#);
+    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    assert_eq!(
+        output_of(&fake.wait_for_result(&good, WAIT).await)["total_cents"],
+        200
+    );
+    match fake.wait_for_result(&bad, WAIT).await {
+        TaskState::Failed { error, cause } => {
+            assert_eq!(error, "Order.Invalid");
+            assert!(cause.contains("items"), "{cause}");
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+    let stats = worker.stop().await;
+    assert_eq!((stats.succeeded, stats.failed), (1, 1));
+}
+
+#[tokio::test]
+async fn empty_polls_are_not_errors_and_carry_the_worker_name() {
+    let fake = FakeSfn::start().await;
+    fake.set_poll_hold(Duration::from_millis(50));
+    let arn = fake.create_activity("idle");
+    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    fake.wait_until(WAIT, "several empty polls", |f| {
+        f.calls(Op::GetActivityTask) >= 5
+    })
+    .await;
+    let stats = worker.stop().await;
+    assert_eq!(stats.poll_errors, 0);
+    assert!(stats.polls >= 4);
+    assert!(fake
+        .worker_names()
+        .iter()
+        .all(|name| name == "test-worker-1"));
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_and_a_poll_always_holds_a_free_slot() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("bounded");
+    let tokens: Vec<String> = (0..8)
+        .map(|_| fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 150}).to_string()))
+        .collect();
+    let mut config = activity(&arn, "adversary");
+    config.max_concurrency = 3;
+    config.pollers = 2;
+    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    for token in &tokens {
+        fake.wait_for_result(token, WAIT).await;
+    }
+    worker.stop().await;
+    assert!(fake.max_running(&arn) >= 2, "tasks never overlapped");
+    assert!(
+        fake.max_running(&arn) <= 3,
+        "ran {} tasks at once",
+        fake.max_running(&arn)
+    );
+    // Open polls plus running tasks never exceeded the slots: no task is ever held unstarted.
+    assert!(
+        fake.max_busy(&arn) <= 3,
+        "{} polls+tasks at once",
+        fake.max_busy(&arn)
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_activity_stops_and_the_worker_exits_with_an_error_when_none_is_left() {
+    let fake = FakeSfn::start().await;
+    let missing = format!("{}never-created", fake_sfn::ARN_PREFIX);
+    let worker = RunningWorker::start(&fake, vec![activity(&missing, "rust-order")], WAIT).await;
+    let result = tokio::time::timeout(WAIT, worker.handle)
+        .await
+        .expect("worker kept running")
+        .unwrap();
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(err.contains("no activity left"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_activity_does_not_stop_the_others() {
+    let fake = FakeSfn::start().await;
+    let missing = format!("{}never-created", fake_sfn::ARN_PREFIX);
+    let arn = fake.create_activity("alive");
+    let worker = RunningWorker::start(
+        &fake,
+        vec![
+            activity(&missing, "rust-order"),
+            activity(&arn, "rust-order"),
+        ],
+        WAIT,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = fake.enqueue(&arn, &order("B-1"));
+    output_of(&fake.wait_for_result(&token, WAIT).await);
+    assert!(!worker.handle.is_finished());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn poll_errors_back_off_without_a_hot_loop_then_recover() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("flaky");
+    fake.inject(Op::GetActivityTask, Fault::Throttle, 1_000);
+    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let calls = fake.calls(Op::GetActivityTask);
+    assert!(
+        calls <= 30,
+        "{calls} polls in 1.5 s while throttled: a hot loop"
+    );
+    assert!(worker.stats.snapshot().poll_errors >= 1);
+    fake.clear_faults();
+    // 5xx, a slow answer and a reset connection are retried too.
+    fake.inject(Op::GetActivityTask, Fault::ServerError, 2);
+    fake.inject(Op::GetActivityTask, Fault::Reset, 1);
+    fake.inject(
+        Op::GetActivityTask,
+        Fault::Slow(Duration::from_millis(300)),
+        1,
+    );
+    let token = fake.enqueue(&arn, &order("C-1"));
+    output_of(&fake.wait_for_result(&token, Duration::from_secs(60)).await);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn activity_worker_limit_exceeded_is_retried() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("limited");
+    fake.inject(
+        Op::GetActivityTask,
+        Fault::Error("ActivityWorkerLimitExceeded"),
+        4,
+    );
+    let token = fake.enqueue(&arn, &order("D-1"));
+    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    output_of(&fake.wait_for_result(&token, Duration::from_secs(60)).await);
+    assert!(worker.stats.snapshot().poll_errors >= 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_are_sent_on_the_interval_and_when_the_guest_asks() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("beating");
+    let mut config = activity(&arn, "adversary");
+    config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
+    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let slow = fake.enqueue(
+        &arn,
+        &json!({"behaviour": "sleep", "ms": 2_500}).to_string(),
+    );
+    output_of(&fake.wait_for_result(&slow, WAIT).await);
+    assert!(
+        fake.task(&slow).heartbeats >= 2,
+        "{} interval heartbeats",
+        fake.task(&slow).heartbeats
+    );
+
+    // The guest asks for 5 in a row: the first is sent, the rest are rate-limited.
+    let eager = fake.enqueue(
+        &arn,
+        &json!({"behaviour": "heartbeat", "count": 5}).to_string(),
+    );
+    assert_eq!(
+        output_of(&fake.wait_for_result(&eager, WAIT).await),
+        json!({"ok": 5, "error": null})
+    );
+    assert_eq!(fake.task(&eager).heartbeats, 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_heartbeat_interrupts_a_spinning_guest_and_reports_nothing() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("spinning");
+    let mut config = activity(&arn, "adversary");
+    config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
+    config.timeout = Some(HumanDuration(Duration::from_secs(120)));
+    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let token = fake.enqueue(&arn, &json!({"behaviour": "loop"}).to_string());
+    fake.wait_until(WAIT, "the task to start", |f| {
+        f.task(&token).state == TaskState::Running
+    })
+    .await;
+    fake.time_out(&token);
+    let started = Instant::now();
+    fake.wait_until(WAIT, "the guest to be interrupted", |_| {
+        worker.stats.snapshot().abandoned == 1
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.task(&token).reports, 0, "a gone task was reported");
+    // The worker carries on.
+    let next = fake.enqueue(&arn, &json!({"behaviour": "echo"}).to_string());
+    output_of(&fake.wait_for_result(&next, WAIT).await);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_token_on_a_heartbeat_is_logged_and_the_task_goes_on() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("localstack-like");
+    fake.inject(Op::SendTaskHeartbeat, Fault::Error("InvalidToken"), 10);
+    let mut config = activity(&arn, "adversary");
+    config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
+    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let token = fake.enqueue(
+        &arn,
+        &json!({"behaviour": "sleep", "ms": 1_500}).to_string(),
+    );
+    output_of(&fake.wait_for_result(&token, WAIT).await);
+    assert!(fake.calls(Op::SendTaskHeartbeat) >= 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn throttled_and_failing_reports_are_retried_and_land() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("reporting");
+    fake.inject(Op::SendTaskSuccess, Fault::Throttle, 4);
+    fake.inject(Op::SendTaskSuccess, Fault::ServerError, 2);
+    fake.inject(Op::SendTaskSuccess, Fault::Reset, 1);
+    fake.inject(Op::SendTaskFailure, Fault::Throttle, 3);
+    let good = fake.enqueue(&arn, &order("E-1"));
+    let bad = fake.enqueue(&arn, r#"{"order_id": ""}"#);
+    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    output_of(&fake.wait_for_result(&good, Duration::from_secs(60)).await);
+    assert!(matches!(
+        fake.wait_for_result(&bad, Duration::from_secs(60)).await,
+        TaskState::Failed { .. }
+    ));
+    assert!(fake.calls(Op::SendTaskSuccess) >= 8);
+    let stats = worker.stop().await;
+    assert_eq!(
+        (stats.succeeded, stats.failed, stats.report_errors),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_report_for_a_timed_out_task_is_counted_lost_and_not_retried() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("late");
+    let worker = RunningWorker::start(&fake, vec![activity(&arn, "adversary")], WAIT).await;
+    let token = fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 500}).to_string());
+    fake.wait_until(WAIT, "the task to start", |f| {
+        f.task(&token).state == TaskState::Running
+    })
+    .await;
+    fake.time_out(&token);
+    fake.wait_until(WAIT, "the lost report", |_| {
+        worker.stats.snapshot().lost_to_timeout == 1
+    })
+    .await;
+    assert_eq!(fake.calls(Op::SendTaskSuccess), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_with_tasks_in_flight_loses_none() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("draining");
+    let mut config = activity(&arn, "adversary");
+    config.max_concurrency = 4;
+    config.pollers = 4;
+    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let tokens: Vec<String> = (0..4)
+        .map(|i| {
+            fake.enqueue(
+                &arn,
+                &json!({"behaviour": "sleep", "ms": 800, "i": i}).to_string(),
+            )
+        })
+        .collect();
+    fake.wait_until(WAIT, "4 running tasks", |f| f.running(&arn) == 4)
+        .await;
+    let stats = worker.stop().await;
+    for token in &tokens {
+        output_of(&fake.task(token).state);
+    }
+    assert_eq!(stats.succeeded, 4);
+}
+
+#[tokio::test]
+async fn a_task_arriving_on_an_open_poll_while_draining_is_run() {
+    let fake = FakeSfn::start().await;
+    fake.set_poll_hold(Duration::from_secs(3));
+    let arn = fake.create_activity("late-arrival");
+    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    fake.wait_until(WAIT, "an open poll", |f| f.open_polls(&arn) == 1)
+        .await;
+    worker.trigger.trigger();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let token = fake.enqueue(&arn, &order("F-1"));
+    let stats = tokio::time::timeout(WAIT, worker.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    output_of(&fake.task(&token).state);
+    assert_eq!(stats.succeeded, 1);
+    assert_eq!(
+        fake.calls(Op::GetActivityTask),
+        1,
+        "a new poll started after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn tasks_still_running_at_the_drain_timeout_fail_with_shutting_down() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("stuck");
+    let worker = RunningWorker::start(
+        &fake,
+        vec![activity(&arn, "adversary")],
+        Duration::from_millis(500),
+    )
+    .await;
+    let token = fake.enqueue(&arn, &json!({"behaviour": "loop"}).to_string());
+    fake.wait_until(WAIT, "the task to start", |f| {
+        f.task(&token).state == TaskState::Running
+    })
+    .await;
+    let started = Instant::now();
+    worker.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drain took {:?}",
+        started.elapsed()
+    );
+    match fake.task(&token).state {
+        TaskState::Failed { error, .. } => assert_eq!(error, "Worker.ShuttingDown"),
+        other => panic!("expected Worker.ShuttingDown, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tenants_get_their_own_component_and_limits() {
+    let fake = FakeSfn::start().await;
+    let orders = fake.create_activity("tenant-orders");
+    let tools = fake.create_activity("tenant-tools");
+    let mut tight = activity(&tools, "adversary");
+    tight.memory_limit = Some(sfn_wasm_worker::units::ByteSize(16 << 20));
+    tight.env.insert("TENANT".into(), "tools".into());
+    let worker =
+        RunningWorker::start(&fake, vec![activity(&orders, "rust-order"), tight], WAIT).await;
+    let order_token = fake.enqueue(&orders, &order("G-1"));
+    let bomb = fake.enqueue(&tools, &json!({"behaviour": "memory-bomb"}).to_string());
+    let env = fake.enqueue(&tools, &json!({"behaviour": "escape"}).to_string());
+    output_of(&fake.wait_for_result(&order_token, WAIT).await);
+    match fake.wait_for_result(&bomb, WAIT).await {
+        TaskState::Failed { error, .. } => assert_eq!(error, "Wasm.OutOfMemory"),
+        other => panic!("expected Wasm.OutOfMemory, got {other:?}"),
+    }
+    assert_eq!(
+        output_of(&fake.wait_for_result(&env, WAIT).await)["env"],
+        json!([["TENANT", "tools"]])
+    );
+    worker.stop().await;
+}

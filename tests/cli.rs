@@ -272,3 +272,61 @@ fn check_rejects_an_import_the_host_does_not_provide() {
         "{text}"
     );
 }
+
+#[test]
+fn run_refuses_a_bad_config_before_polling_with_file_key_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        "[[activity]]\narn = \"arn:aws:states:us-east-1:1:activity:a\"\ncomponent = \"nope.wasm\"\n",
+    )
+    .unwrap();
+    let out = worker(&["run", "--config", config.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("worker.toml")
+            && err.contains("key `component`")
+            && err.contains("guest/build.sh"),
+        "{err}"
+    );
+
+    let guest = guest_path("rust-order");
+    let out = worker(
+        &[
+            "run",
+            "--activity-arn",
+            "orders",
+            "--component",
+            guest.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not an activity ARN"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A component that does not match the world is refused before any poll, naming the activity.
+    let wrong = wat_component(dir.path(), "empty.wasm", "(component)");
+    let arn = "arn:aws:states:us-east-1:000000000000:activity:wrong";
+    let out = worker(
+        &[
+            "run",
+            "--activity-arn",
+            arn,
+            "--component",
+            wrong.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains(arn) && err.contains("does not implement the world"),
+        "{err}"
+    );
+}

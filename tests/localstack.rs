@@ -1,0 +1,299 @@
+//! End to end against LocalStack's Step Functions (a real ASL interpreter): activities and
+//! state machines (with Retry on Worker.ShuttingDown and a Catch), executions, the worker
+//! binary serving the example guests from a TOML config, DescribeExecution asserted, and a
+//! SIGTERM that drains (an execution started after it still runs on the open poll).
+//!
+//! LocalStack is started (and stopped) by this test through tests/localstack.sh, on port
+//! 4599 so a LocalStack of your own on 4566 is not disturbed; names are unique per run.
+
+mod common;
+
+use aws_sdk_sfn::types::ExecutionStatus;
+use common::*;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PORT: &str = "4599";
+
+/// Stops the LocalStack this test started, if it started one.
+struct LocalStack {
+    pid: Option<String>,
+}
+
+impl LocalStack {
+    fn start() -> LocalStack {
+        let output = Command::new(repo_root().join("tests/localstack.sh"))
+            .arg("start")
+            .env("LOCALSTACK_PORT", PORT)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/localstack.sh");
+        assert!(
+            output.status.success(),
+            "LocalStack did not start (see above)"
+        );
+        let pid = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        LocalStack {
+            pid: (!pid.is_empty()).then_some(pid),
+        }
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        if let Some(pid) = &self.pid {
+            let _ = Command::new(repo_root().join("tests/localstack.sh"))
+                .args(["stop", pid])
+                .status();
+        }
+    }
+}
+
+/// Kills the worker if the test fails before it is stopped.
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn state_machine(activity_arn: &str) -> String {
+    json!({
+        "Comment": "sfn-wasm-worker end-to-end test",
+        "StartAt": "Handle",
+        "States": {
+            "Handle": {
+                "Type": "Task",
+                "Resource": activity_arn,
+                "TimeoutSeconds": 60,
+                "Retry": [{"ErrorEquals": ["Worker.ShuttingDown"], "IntervalSeconds": 1, "MaxAttempts": 3}],
+                "Catch": [{
+                    "ErrorEquals": ["Wasm.Trap", "Wasm.Timeout", "Wasm.OutOfMemory"],
+                    "ResultPath": "$.guest_error",
+                    "Next": "Quarantined"
+                }],
+                "End": true
+            },
+            "Quarantined": {"Type": "Pass", "End": true}
+        }
+    })
+    .to_string()
+}
+
+async fn wait_for_execution(
+    client: &aws_sdk_sfn::Client,
+    arn: &str,
+) -> aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let execution = client
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .unwrap();
+        if execution.status != ExecutionStatus::Running {
+            return execution;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "execution {arn} still running after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
+    // Build what the worker needs before starting anything.
+    let guests = ["rust-order", "python-order", "adversary"].map(guest_path);
+    let _localstack = LocalStack::start();
+    let endpoint = format!("http://127.0.0.1:{PORT}");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    let client = aws_sdk_sfn::Client::new(&sdk);
+
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let mut activities = Vec::new();
+    let mut machines = Vec::new();
+    for (guest, path) in ["rust-order", "python-order", "adversary"]
+        .iter()
+        .zip(&guests)
+    {
+        let name = format!("e2e-{guest}-{run_id}");
+        let activity = client
+            .create_activity()
+            .name(&name)
+            .send()
+            .await
+            .unwrap()
+            .activity_arn;
+        let machine = client
+            .create_state_machine()
+            .name(&name)
+            .definition(state_machine(&activity))
+            .role_arn("arn:aws:iam::000000000000:role/sfn-wasm-worker-e2e")
+            .send()
+            .await
+            .unwrap()
+            .state_machine_arn;
+        activities.push((activity, path.clone()));
+        machines.push(machine);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = format!(
+        "[worker]\nname = \"e2e-{run_id}\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\ndrain_timeout = \"20s\"\n"
+    );
+    for (arn, path) in &activities {
+        config += &format!(
+            "\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\nmax_concurrency = 4\npollers = 1\ntimeout = \"20s\"\nmemory_limit = \"256MiB\"\n",
+            path.display()
+        );
+    }
+    let config_path = dir.path().join("worker.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log_path = dir.path().join("worker.log");
+    let worker = Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+        .args(["run", "--config", config_path.to_str().unwrap()])
+        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("starting the worker");
+    let mut worker = WorkerProcess(worker);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let order = json!({"order_id": "E2E-1", "items": [{"sku": "pen", "quantity": 3, "unit_price_cents": 250}], "discount_percent": 20});
+    let expected = json!({"order_id": "E2E-1", "lines": 1, "item_count": 3, "subtotal_cents": 750, "discount_cents": 150, "total_cents": 600, "status": "accepted"});
+    let bad_order = json!({"order_id": "E2E-2", "items": []});
+    let cases = [
+        (0, order.clone()),
+        (0, bad_order.clone()),
+        (1, order.clone()),
+        (1, bad_order.clone()),
+        (2, json!({"behaviour": "panic"})),
+    ];
+    let mut executions = Vec::new();
+    for (machine, input) in &cases {
+        let started = client
+            .start_execution()
+            .state_machine_arn(&machines[*machine])
+            .input(input.to_string())
+            .send()
+            .await
+            .unwrap();
+        executions.push(started.execution_arn);
+    }
+    let mut results = Vec::new();
+    for arn in &executions {
+        results.push(wait_for_execution(&client, arn).await);
+    }
+    let context = || format!("worker log:\n{}", log());
+    for (index, language) in [(0, "rust"), (2, "python")] {
+        let ok = &results[index];
+        assert_eq!(
+            ok.status,
+            ExecutionStatus::Succeeded,
+            "{language} order: {ok:?}\n{}",
+            context()
+        );
+        let output: Value = serde_json::from_str(ok.output.as_deref().unwrap()).unwrap();
+        assert_eq!(output, expected, "{language} output");
+        let failed = &results[index + 1];
+        assert_eq!(
+            failed.status,
+            ExecutionStatus::Failed,
+            "{language} bad order: {failed:?}\n{}",
+            context()
+        );
+        assert_eq!(failed.error.as_deref(), Some("Order.Invalid"));
+        assert!(
+            failed
+                .cause
+                .as_deref()
+                .unwrap_or_default()
+                .contains("items"),
+            "{failed:?}"
+        );
+    }
+    let caught = &results[4];
+    assert_eq!(
+        caught.status,
+        ExecutionStatus::Succeeded,
+        "trap should be caught: {caught:?}\n{}",
+        context()
+    );
+    let output: Value = serde_json::from_str(caught.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["guest_error"]["Error"], "Wasm.Trap", "{output}");
+
+    // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = worker.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late_inputs = [
+        order.clone(),
+        order.clone(),
+        json!({"behaviour": "echo", "late": true}),
+    ];
+    let mut late = Vec::new();
+    for (machine, input) in machines.iter().zip(&late_inputs) {
+        let started = client
+            .start_execution()
+            .state_machine_arn(machine)
+            .input(input.to_string())
+            .send()
+            .await
+            .unwrap();
+        late.push(started.execution_arn);
+    }
+    for arn in &late {
+        let execution = wait_for_execution(&client, arn).await;
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "late execution: {execution:?}\n{}",
+            context()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit after SIGTERM\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "worker exited with {status}\n{}",
+        context()
+    );
+    let log = log();
+    assert!(log.contains("worker stopped"), "{log}");
+}

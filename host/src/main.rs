@@ -10,7 +10,7 @@ use sfn_wasm_worker::task::{Grants, Task, TaskEnd, TaskLimits};
 use sfn_wasm_worker::units::{ByteSize, HumanDuration};
 use sfn_wasm_worker::worker::Worker;
 use sfn_wasm_worker::{sfn, shutdown};
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -183,6 +183,7 @@ fn init_logging(global: &GlobalArgs) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if global.log_format == "json" {
         builder.json().init();

@@ -5,6 +5,18 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use sfn_wasm_worker::host_api::{BeatFuture, Heartbeat};
+use sfn_wasm_worker::task::{Grants, TaskEnd};
+use std::sync::Arc;
+
+/// A heartbeat sink that says the task has timed out.
+struct TimedOutHeartbeat;
+
+impl Heartbeat for TimedOutHeartbeat {
+    fn beat(&self) -> BeatFuture<'_> {
+        Box::pin(async { Err("the task timed out (TaskTimedOut)".to_string()) })
+    }
+}
 
 const EXAMPLES: [&str; 4] = ["rust-order", "python-order", "js-order", "c-order"];
 
@@ -50,7 +62,35 @@ fn invalid_orders() -> Vec<Value> {
     ]
 }
 
+/// With `"heartbeat": true` the guest heartbeats once, and stops with Order.Cancelled when the
+/// host says the task is over.
+async fn check_heartbeat(name: &str) {
+    let mut input = valid_orders()[0].0.clone();
+    input["heartbeat"] = json!(true);
+    let (beating, heartbeat) = task(&input.to_string());
+    let (end, _) = guest(name)
+        .run(beating, &limits(), &Grants::default())
+        .await;
+    let TaskEnd::Report(outcome) = end else {
+        panic!("abandoned")
+    };
+    assert_eq!(expect_success(&outcome), valid_orders()[0].1, "{name}");
+    assert_eq!(heartbeat.count(), 1, "{name} did not heartbeat once");
+
+    let (mut cancelled, _) = task(&input.to_string());
+    cancelled.heartbeat = Arc::new(TimedOutHeartbeat);
+    let (end, _) = guest(name)
+        .run(cancelled, &limits(), &Grants::default())
+        .await;
+    let TaskEnd::Report(outcome) = end else {
+        panic!("abandoned")
+    };
+    let cause = expect_failure(&outcome, "Order.Cancelled");
+    assert!(cause.contains("TaskTimedOut"), "{name}: {cause}");
+}
+
 async fn check_example(name: &str) {
+    check_heartbeat(name).await;
     for (input, expected) in valid_orders() {
         let output = expect_success(&run(name, &input.to_string()).await);
         assert_eq!(output, expected, "{name} on {input}");

@@ -113,6 +113,18 @@ bool exports_handler_handle(handler_string_t *input, handler_task_context_t *con
     }
     json_buffer out = {0};
     bool ok = price(order, &out, cause, sizeof cause);
+    const json_value *wants_heartbeat = json_get(order, "heartbeat");
+    if (ok && wants_heartbeat && wants_heartbeat->type == JSON_BOOL && wants_heartbeat->boolean) {
+        // Heartbeat as a long-running handler would; an error means the task is over.
+        handler_string_t reason;
+        if (!sfn_activity_host_heartbeat(&reason)) {
+            free(out.data);
+            json_free(order);
+            handler_string_dup(&err->error, "Order.Cancelled");
+            err->cause = reason;  // ownership moves to the result
+            return false;
+        }
+    }
     if (ok) {
         char message[160];
         const json_value *order_id = json_get(order, "order_id");

@@ -2,7 +2,7 @@
 //
 // Same contract as every example (guest/examples/README.md). Build (in this directory):
 //   npm ci && npx jco componentize app.js --wit ../../../wit -n handler -o js-order.wasm
-import { log } from "sfn:activity/host@0.1.0";
+import { heartbeat, log } from "sfn:activity/host@0.1.0";
 
 class InvalidOrder extends Error {}
 
@@ -55,14 +55,24 @@ function price(order) {
 }
 
 export function handle(input, context) {
+  let order;
   let output;
   try {
-    output = price(JSON.parse(input));
+    order = JSON.parse(input);
+    output = price(order);
   } catch (err) {
     if (err instanceof InvalidOrder || err instanceof SyntaxError) {
       throw { error: "Order.Invalid", cause: err.message };
     }
     throw err;
+  }
+  if (order.heartbeat === true) {
+    // Heartbeat as a long-running handler would; a thrown error means the task is over.
+    try {
+      heartbeat();
+    } catch (err) {
+      throw { error: "Order.Cancelled", cause: String(err.payload ?? err) };
+    }
   }
   log("info", `order ${output.order_id} priced`);
   return JSON.stringify(output);

@@ -60,8 +60,15 @@ def price(order):
 class WitWorld(wit_world.WitWorld):
     def handle(self, input: str, context: TaskContext) -> str:
         try:
-            output = price(json.loads(input))
+            order = json.loads(input)
+            output = price(order)
         except (InvalidOrder, ValueError) as err:
             raise Err(TaskError(error="Order.Invalid", cause=str(err)))
+        if order.get("heartbeat") is True:
+            # Heartbeat as a long-running handler would; an error means the task is over.
+            try:
+                host.heartbeat()
+            except Err as err:
+                raise Err(TaskError(error="Order.Cancelled", cause=str(err.value)))
         host.log(host.LogLevel.INFO, f"order {output['order_id']} priced")
         return json.dumps(output)

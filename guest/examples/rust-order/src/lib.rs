@@ -19,6 +19,9 @@ struct Order {
     items: Vec<Line>,
     #[serde(default)]
     discount_percent: u64,
+    /// Heartbeat before pricing, as a long-running handler would.
+    #[serde(default)]
+    heartbeat: bool,
 }
 
 fn invalid(cause: impl Into<String>) -> TaskError {
@@ -49,6 +52,10 @@ fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
         subtotal_cents += line.quantity * line.unit_price_cents;
     }
     let discount_cents = subtotal_cents * order.discount_percent / 100;
+    if order.heartbeat {
+        // As a long-running handler would; an error means the task is over.
+        ctx.heartbeat().map_err(|reason| TaskError::new("Order.Cancelled", reason))?;
+    }
     ctx.info(&format!("order {} priced", order.order_id));
     Ok(json!({
         "order_id": order.order_id,

@@ -3,7 +3,9 @@
 
 use crate::bindings::{Handler, HandlerPre};
 use crate::engine::{build_engine, EngineSettings, EpochTicker};
-use crate::task::{self, Grants, Task, TaskEnd, TaskLimits, TaskState, TaskStats};
+use crate::task::{
+    self, Grants, HandlerFuture, Task, TaskEnd, TaskHandler, TaskLimits, TaskState, TaskStats,
+};
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,6 +166,21 @@ impl Guest {
         grants: &Grants,
     ) -> (TaskEnd, TaskStats) {
         task::run_task(&self.pre, task, limits, grants).await
+    }
+}
+
+impl TaskHandler for Guest {
+    fn run<'a>(
+        &'a self,
+        task: Task,
+        limits: &'a TaskLimits,
+        grants: &'a Grants,
+    ) -> HandlerFuture<'a> {
+        Box::pin(Guest::run(self, task, limits, grants))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
     }
 }
 

@@ -6,7 +6,9 @@ use crate::bindings::HandlerPre;
 use crate::host_api::{Heartbeat, HostState, Interrupt, InterruptReason};
 use crate::outcome::{self, Outcome};
 use crate::output_capture::TailCapture;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
@@ -79,6 +81,24 @@ pub struct TaskStats {
     pub stdout_tail: String,
     /// The tail of the guest's stderr.
     pub stderr_tail: String,
+}
+
+/// The future a [`TaskHandler`] returns.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = (TaskEnd, TaskStats)> + Send + 'a>>;
+
+/// What runs an activity's tasks: a wasm [`crate::runtime::Guest`] in production; benchmarks
+/// plug in native code to measure the worker's own ceiling.
+pub trait TaskHandler: Send + Sync {
+    /// Runs one task to its end.
+    fn run<'a>(
+        &'a self,
+        task: Task,
+        limits: &'a TaskLimits,
+        grants: &'a Grants,
+    ) -> HandlerFuture<'a>;
+
+    /// What to call the handler in logs (for a guest, its component's path).
+    fn describe(&self) -> String;
 }
 
 /// Everything a task's [`Store`] holds.

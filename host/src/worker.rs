@@ -6,10 +6,10 @@ use crate::backoff::Backoff;
 use crate::config::{ActivityConfig, Config};
 use crate::host_api::{BeatFuture, Heartbeat, Interrupt, InterruptReason};
 use crate::outcome::Outcome;
-use crate::runtime::{self, Guest, Runtime};
+use crate::runtime::{self, Runtime};
 use crate::sfn::{ActivityTask, ApiError, SfnClient};
 use crate::shutdown::Shutdown;
-use crate::task::{Grants, Task, TaskEnd, TaskLimits};
+use crate::task::{Grants, Task, TaskEnd, TaskHandler, TaskLimits};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -92,7 +92,7 @@ fn bump(counter: &AtomicU64) {
 /// One served activity: its component, limits and state.
 struct Activity {
     arn: Arc<str>,
-    guest: Guest,
+    handler: Arc<dyn TaskHandler>,
     limits: TaskLimits,
     grants: Grants,
     config: ActivityConfig,
@@ -130,20 +130,45 @@ impl Worker {
     /// if one does not load, naming the activity.
     pub fn new(runtime: &Runtime, config: &Config, client: SfnClient) -> Result<Worker> {
         config.validate()?;
-        let mut activities = Vec::new();
+        let mut handlers: Vec<Arc<dyn TaskHandler>> = Vec::new();
         for activity in &config.activities {
             let guest = runtime
                 .load(&activity.component)
                 .with_context(|| format!("activity {}: key `component`", activity.arn))?;
-            activities.push(Arc::new(Activity {
-                arn: activity.arn.as_str().into(),
-                guest,
-                limits: activity.limits(),
-                grants: activity.grants(),
-                config: activity.clone(),
-                stopped: AtomicBool::new(false),
-            }));
+            handlers.push(Arc::new(guest));
         }
+        Worker::with_handlers(config, handlers, client)
+    }
+
+    /// A worker whose activities (in `config` order) run their tasks with `handlers`
+    /// instead of their components: how benchmarks measure the worker's own ceiling.
+    pub fn with_handlers(
+        config: &Config,
+        handlers: Vec<Arc<dyn TaskHandler>>,
+        client: SfnClient,
+    ) -> Result<Worker> {
+        if handlers.len() != config.activities.len() {
+            bail!(
+                "{} handlers for {} activities",
+                handlers.len(),
+                config.activities.len()
+            );
+        }
+        let activities = config
+            .activities
+            .iter()
+            .zip(handlers)
+            .map(|(activity, handler)| {
+                Arc::new(Activity {
+                    arn: activity.arn.as_str().into(),
+                    handler,
+                    limits: activity.limits(),
+                    grants: activity.grants(),
+                    config: activity.clone(),
+                    stopped: AtomicBool::new(false),
+                })
+            })
+            .collect();
         Ok(Worker {
             activities,
             client,
@@ -178,7 +203,7 @@ impl Worker {
             let slots = Arc::new(Semaphore::new(activity.config.max_concurrency as usize));
             tracing::info!(
                 activity = %activity.arn,
-                component = %activity.guest.path().display(),
+                handler = %activity.handler.describe(),
                 max_concurrency = activity.config.max_concurrency,
                 pollers = activity.config.pollers,
                 worker = %shared.worker_name,
@@ -357,7 +382,7 @@ async fn run_task(shared: &Shared, activity: &Activity, task: ActivityTask) {
         interrupt,
     };
     let (end, task_stats) = activity
-        .guest
+        .handler
         .run(sandbox_task, &activity.limits, &activity.grants)
         .await;
     if let Some(ticker) = ticker {

@@ -90,6 +90,7 @@ struct Inner {
     tasks: HashMap<String, TaskRecord>,
     faults: HashMap<Op, VecDeque<Fault>>,
     calls: HashMap<Op, u64>,
+    first_calls: HashMap<Op, Instant>,
     open_polls: HashMap<String, usize>,
     /// The most (open polls + running tasks) seen at once per activity.
     max_busy: HashMap<String, usize>,
@@ -97,6 +98,7 @@ struct Inner {
     max_running: HashMap<String, usize>,
     worker_names: Vec<String>,
     next_token: u64,
+    finished: usize,
 }
 
 impl Inner {
@@ -111,6 +113,9 @@ impl Inner {
     }
 
     fn finish(&mut self, token: &str, state: TaskState) {
+        if matches!(state, TaskState::Succeeded(_) | TaskState::Failed { .. }) {
+            self.finished += 1;
+        }
         if let Some(task) = self.tasks.get_mut(token) {
             if task.state == TaskState::Running {
                 *self.running.entry(task.activity_arn.clone()).or_default() -= 1;
@@ -272,6 +277,22 @@ impl FakeSfn {
             .unwrap_or(0)
     }
 
+    /// When the first call of `op` arrived.
+    pub fn first_call(&self, op: Op) -> Option<Instant> {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .first_calls
+            .get(&op)
+            .copied()
+    }
+
+    /// Tasks that reached a final state (succeeded or failed), across activities.
+    pub fn finished(&self) -> usize {
+        self.state.inner.lock().unwrap().finished
+    }
+
     /// Polls open on the activity now.
     pub fn open_polls(&self, arn: &str) -> usize {
         self.state
@@ -392,6 +413,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
     let fault = {
         let mut inner = state.inner.lock().unwrap();
         *inner.calls.entry(op).or_default() += 1;
+        inner.first_calls.entry(op).or_insert_with(Instant::now);
         inner.faults.get_mut(&op).and_then(VecDeque::pop_front)
     };
     match fault {

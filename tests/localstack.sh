@@ -38,7 +38,7 @@ install() {
 }
 
 healthy() {
-    curl -sf "http://127.0.0.1:$port/_localstack/health" 2>/dev/null | grep -q '"stepfunctions": "running"'
+    curl -sf "http://127.0.0.1:$port/_localstack/health" 2>/dev/null | grep '"stepfunctions": "running"' >/dev/null
 }
 
 start() {

@@ -292,9 +292,9 @@ async fn log_import_accepts_every_level() {
     assert_eq!(output, json!({"logged": 5}));
 }
 
-#[tokio::test]
-async fn interrupt_for_shutdown_reports_a_retryable_failure() {
-    let (task, _) = task(&behaviour("loop"));
+/// Runs `input` on the adversary, interrupts it for `reason` after 200 ms, returns how it ended.
+async fn run_and_interrupt(input: &str, reason: InterruptReason) -> TaskEnd {
+    let (task, _) = task(input);
     let interrupt = task.interrupt.clone();
     let running = tokio::spawn(async move {
         guest(ADVERSARY)
@@ -302,11 +302,17 @@ async fn interrupt_for_shutdown_reports_a_retryable_failure() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    interrupt.trigger(InterruptReason::ShuttingDown);
+    interrupt.trigger(reason);
     let (end, _) = tokio::time::timeout(Duration::from_secs(2), running)
         .await
-        .unwrap()
+        .expect("the interrupted guest did not stop within 2 s")
         .unwrap();
+    end
+}
+
+#[tokio::test]
+async fn interrupt_for_shutdown_reports_a_retryable_failure() {
+    let end = run_and_interrupt(&behaviour("loop"), InterruptReason::ShuttingDown).await;
     let TaskEnd::Report(outcome) = end else {
         panic!("abandoned")
     };
@@ -315,21 +321,12 @@ async fn interrupt_for_shutdown_reports_a_retryable_failure() {
 
 #[tokio::test]
 async fn interrupt_for_a_gone_task_reports_nothing() {
-    let (task, _) = task(&json!({"behaviour": "sleep", "ms": 60_000}).to_string());
-    let interrupt = task.interrupt.clone();
-    let running = tokio::spawn(async move {
-        guest(ADVERSARY)
-            .run(task, &limits(), &Grants::default())
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    interrupt.trigger(InterruptReason::TaskGone(
-        "TaskTimedOut on heartbeat".into(),
-    ));
-    let (end, _) = tokio::time::timeout(Duration::from_secs(2), running)
-        .await
-        .unwrap()
-        .unwrap();
+    let sleeping = json!({"behaviour": "sleep", "ms": 60_000}).to_string();
+    let end = run_and_interrupt(
+        &sleeping,
+        InterruptReason::TaskGone("TaskTimedOut on heartbeat".into()),
+    )
+    .await;
     assert_eq!(end, TaskEnd::Abandoned("TaskTimedOut on heartbeat".into()));
 }
 

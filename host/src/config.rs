@@ -118,11 +118,6 @@ impl ActivityConfig {
             read_only_dirs: self.read_only_dirs.clone().into_iter().collect(),
         }
     }
-
-    /// The activity's short name (after `:activity:`), for logs.
-    pub fn name(&self) -> &str {
-        self.arn.rsplit(':').next().unwrap_or(&self.arn)
-    }
 }
 
 impl Config {
@@ -309,7 +304,6 @@ mod tests {
         );
         assert_eq!(config.drain_timeout(), Duration::from_secs(10));
         assert_eq!(config.worker_name(), "w1");
-        assert_eq!(activity.name(), "orders");
         assert_eq!(config.total_concurrency(), 8);
     }
 

@@ -47,11 +47,6 @@ impl TailCapture {
         tail.bytes.extend(&data[data.len() - keep..]);
     }
 
-    /// Total bytes the guest wrote, kept or not.
-    pub fn total_written(&self) -> u64 {
-        self.inner.lock().unwrap().total_written
-    }
-
     /// The kept tail as text (invalid UTF-8 replaced), prefixed with a note of how many
     /// earlier bytes were dropped. Empty when the guest wrote nothing.
     pub fn tail_text(&self) -> String {
@@ -132,7 +127,6 @@ mod tests {
         let capture = TailCapture::new(8);
         capture.append(b"hello ");
         capture.append(b"world!");
-        assert_eq!(capture.total_written(), 12);
         assert_eq!(capture.tail_text(), "[4 earlier bytes dropped]o world!");
         capture.append(&[b'z'; 100]);
         assert_eq!(capture.tail_text(), "[104 earlier bytes dropped]zzzzzzzz");

@@ -7,7 +7,7 @@ use crate::task::{
     self, Grants, HandlerFuture, Task, TaskEnd, TaskHandler, TaskLimits, TaskState, TaskStats,
 };
 use anyhow::{bail, Context as _, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -153,11 +153,6 @@ impl Runtime {
 }
 
 impl Guest {
-    /// The file the component was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs one task in a fresh, isolated store and returns how it ended.
     pub async fn run(
         &self,
@@ -238,12 +233,4 @@ pub fn task_id(task_token: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(task_token.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Where a component path given on the command line or in config is resolved from.
-pub fn resolve_path(base: Option<&Path>, path: &Path) -> PathBuf {
-    match base {
-        Some(base) if path.is_relative() => base.join(path),
-        _ => path.to_path_buf(),
-    }
 }

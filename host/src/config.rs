@@ -46,7 +46,8 @@ pub struct WorkerSection {
     /// How long shutdown waits for in-flight tasks before failing them with
     /// `Worker.ShuttingDown` (default 30s).
     pub drain_timeout: Option<HumanDuration>,
-    /// Compilation cache directory (default: wasmtime's, under ~/.cache).
+    /// Compilation cache directory; relative paths are relative to the config file
+    /// (default: wasmtime's, under ~/.cache).
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -133,6 +134,11 @@ impl Config {
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(cache_dir) = &mut config.worker.cache_dir {
+            if cache_dir.is_relative() {
+                *cache_dir = base.join(&*cache_dir);
+            }
+        }
         for activity in &mut config.activities {
             if activity.component.is_relative() {
                 activity.component = base.join(&activity.component);

@@ -364,6 +364,7 @@ async fn run_task(shared: &Shared, activity: &Activity, task: ActivityTask) {
         tokio::spawn(async move {
             let mut ticks =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval.0, interval.0);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
                 if heartbeat.send().await.is_err() {

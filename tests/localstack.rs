@@ -7,6 +7,7 @@
 //! 4599 so a LocalStack of your own on 4566 is not disturbed; names are unique per run.
 
 mod common;
+mod fake_sfn;
 
 use aws_sdk_sfn::types::ExecutionStatus;
 use common::*;
@@ -111,14 +112,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     let guests = ["rust-order", "python-order", "adversary"].map(guest_path);
     let _localstack = LocalStack::start();
     let endpoint = format!("http://127.0.0.1:{PORT}");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await;
+    let sdk = fake_sfn::local_sdk_config(&endpoint).await;
     let client = aws_sdk_sfn::Client::new(&sdk);
 
     let run_id = format!(

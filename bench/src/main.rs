@@ -712,14 +712,7 @@ async fn localstack(rust_guest: &Guest, executions: usize) -> Result<()> {
 
 async fn localstack_run(rust_guest: &Guest, executions: usize, port: &str) -> Result<()> {
     let endpoint = format!("http://127.0.0.1:{port}");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-            "test", "test", None, None, "bench",
-        ))
-        .load()
-        .await;
+    let sdk = fake_sfn::local_sdk_config(&endpoint).await;
     let client = aws_sdk_sfn::Client::new(&sdk);
     let name = format!("bench-{}", std::process::id());
     let arn = client

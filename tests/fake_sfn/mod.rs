@@ -145,6 +145,19 @@ impl Drop for FakeSfn {
     }
 }
 
+/// An aws-sdk-sfn configuration for a local endpoint (this fake, LocalStack) in us-east-1,
+/// with static test credentials.
+pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "test", "test", None, None, "local",
+        ))
+        .load()
+        .await
+}
+
 /// The account and region of every fake ARN.
 pub const ARN_PREFIX: &str = "arn:aws:states:us-east-1:000000000000:activity:";
 
@@ -185,14 +198,7 @@ impl FakeSfn {
 
     /// An aws-sdk-sfn configuration pointing at the fake, with static test credentials.
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-                "test", "test", None, None, "fake",
-            ))
-            .load()
-            .await
+        local_sdk_config(&self.endpoint).await
     }
 
     /// How long an empty poll is held before it answers "no task".

@@ -129,6 +129,7 @@ struct State {
     inner: Mutex<Inner>,
     task_queued: Notify,
     poll_hold: Mutex<Duration>,
+    latency: Mutex<Duration>,
 }
 
 /// A running fake Step Functions endpoint on 127.0.0.1.
@@ -172,6 +173,7 @@ impl FakeSfn {
             inner: Mutex::default(),
             task_queued: Notify::new(),
             poll_hold: Mutex::new(Duration::from_millis(200)),
+            latency: Mutex::new(Duration::ZERO),
         });
         let server_state = state.clone();
         let server = tokio::spawn(async move {
@@ -204,6 +206,11 @@ impl FakeSfn {
     /// How long an empty poll is held before it answers "no task".
     pub fn set_poll_hold(&self, hold: Duration) {
         *self.state.poll_hold.lock().unwrap() = hold;
+    }
+
+    /// Adds this delay before every answer, like a service's round trip (default: none).
+    pub fn set_latency(&self, latency: Duration) {
+        *self.state.latency.lock().unwrap() = latency;
     }
 
     /// Creates an activity and returns its ARN.
@@ -441,6 +448,10 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         Some(Fault::Error(code)) => return error(StatusCode::BAD_REQUEST, code, "injected"),
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
         None => {}
+    }
+    let latency = *state.latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let token = body["taskToken"].as_str().unwrap_or_default().to_string();
     match op {

@@ -317,11 +317,12 @@ async fn empty_component_floor(
     Ok(percentiles(&mut samples))
 }
 
-/// 2. Tasks/s through the fake: wasm worker, native-handler worker, boto3 worker, raw client.
-/// Section 2's two settings: the fake answering at once (loopback, CPU-bound), and the fake
-/// adding a service-like round trip to every call (latency-bound, as against a real service).
+/// The round trip section 2b adds to every answer of the fake, as a real service would
+/// (section 2 has the fake answer at once: loopback, CPU-bound).
 const SIMULATED_LATENCY: Duration = Duration::from_millis(10);
 
+/// 2. Tasks/s through the fake, with `latency` added to every answer: wasm worker,
+/// native-handler worker, boto3 worker, raw client.
 async fn throughput(rust_guest: &Guest, counts: &Counts, latency: Duration) -> Result<()> {
     let python = boto3_python();
     let setting = if latency.is_zero() {

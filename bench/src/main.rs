@@ -321,8 +321,8 @@ async fn empty_component_floor(
 /// (section 2 has the fake answer at once: loopback, CPU-bound).
 const SIMULATED_LATENCY: Duration = Duration::from_millis(10);
 
-/// 2. Tasks/s through the fake, with `latency` added to every answer: wasm worker,
-/// native-handler worker, boto3 worker, raw client.
+/// Section 2: tasks/s through the fake, with `latency` added to every answer, for the wasm
+/// worker, the native-handler worker, the boto3 worker and the raw client.
 async fn throughput(rust_guest: &Guest, counts: &Counts, latency: Duration) -> Result<()> {
     let python = boto3_python();
     let setting = if latency.is_zero() {

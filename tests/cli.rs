@@ -40,6 +40,12 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts that `out` is a usage or load error (exit 2) whose stderr says `needle`.
+fn assert_usage_error(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    assert!(stderr(out).contains(needle), "{}", stderr(out));
+}
+
 fn order() -> Value {
     json!({"order_id": "A-1", "items": [{"sku": "pen", "quantity": 2, "unit_price_cents": 350}]})
 }
@@ -158,44 +164,24 @@ fn invoke_usage_and_load_errors_exit_2_with_a_precise_message() {
     let path = guest.to_str().unwrap();
 
     let out = worker(&["invoke", path, "--input", "{not json"], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("task input is not JSON"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "task input is not JSON");
 
     let out = worker(
         &["invoke", "/nonexistent/guest.wasm", "--input", "{}"],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("/nonexistent/guest.wasm"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "/nonexistent/guest.wasm");
 
     let out = worker(
         &["invoke", path, "--input", "{}", "--memory-limit", "lots"],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("invalid size \"lots\""),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "invalid size \"lots\"");
 
     let dir = tempfile::tempdir().unwrap();
     let core = wat_component(dir.path(), "core.wasm", "(module)");
     let out = worker(&["invoke", core.to_str().unwrap(), "--input", "{}"], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("is a core WebAssembly module, not a component"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "is a core WebAssembly module, not a component");
 }
 
 #[test]
@@ -246,12 +232,7 @@ fn check_rejects_handle_with_the_wrong_type() {
     assert!(text.contains("handle"), "{text}");
     // invoke refuses it the same way, before running anything.
     let out = worker(&["invoke", wrong.to_str().unwrap(), "--input", "{}"], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("does not implement the world"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "does not implement the world");
 }
 
 #[test]
@@ -303,12 +284,7 @@ fn run_refuses_a_bad_config_before_polling_with_file_key_and_fix() {
         ],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("is not an activity ARN"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "is not an activity ARN");
 
     // A component that does not match the world is refused before any poll, naming the activity.
     let wrong = wat_component(dir.path(), "empty.wasm", "(component)");

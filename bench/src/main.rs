@@ -15,6 +15,7 @@ mod fake_sfn;
 mod native;
 mod raw_client;
 mod report;
+mod timed;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
@@ -32,6 +33,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use timed::{process_cpu_time, TimedHandler};
 use tokio::io::AsyncBufReadExt;
 
 /// The guests measured, by language.
@@ -348,18 +350,46 @@ async fn throughput(rust_guest: &Guest, counts: &Counts, latency: Duration) -> R
         ),
         &["concurrency", "wasm worker", "native-handler worker", "boto3 worker", "fake ceiling", "wasm/native", "wasm/boto3", "wasm/ceiling"],
     );
+    let mut per_task = Table::new(
+        &format!(
+            "{}: per task, inside the same worker runs",
+            setting.split(',').next().unwrap_or_default()
+        ),
+        &[
+            "concurrency",
+            "wasm: process CPU µs",
+            "native: process CPU µs",
+            "wasm: handler µs",
+            "native: handler µs",
+            "wasm - native CPU µs",
+        ],
+    );
     let wasm: Arc<dyn TaskHandler> = Arc::new(rust_guest.clone());
     let native: Arc<dyn TaskHandler> = Arc::new(native::NativeHandler);
     for concurrency in CONCURRENCIES {
         let tasks = tasks_for(concurrency);
         // Alternate the two workers and keep each one's median: the machine's noise between
         // runs (up to 1.5×) is larger than the difference being measured.
-        let (mut wasm_rates, mut native_rates) = (Vec::new(), Vec::new());
+        let (mut wasm_runs, mut native_runs) = (Vec::new(), Vec::new());
         for _ in 0..counts.repetitions {
-            wasm_rates.push(worker_rate(wasm.clone(), concurrency, tasks, latency).await?);
-            native_rates.push(worker_rate(native.clone(), concurrency, tasks, latency).await?);
+            wasm_runs.push(worker_run(wasm.clone(), concurrency, tasks, latency).await?);
+            native_runs.push(worker_run(native.clone(), concurrency, tasks, latency).await?);
         }
-        let (wasm_rate, native_rate) = (median(&mut wasm_rates), median(&mut native_rates));
+        let wasm_run = WorkerRun::median(&mut wasm_runs);
+        let native_run = WorkerRun::median(&mut native_runs);
+        let (wasm_rate, native_rate) = (wasm_run.rate, native_run.rate);
+        let whole_us = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e6);
+        per_task.row(vec![
+            concurrency.to_string(),
+            whole_us(wasm_run.cpu_per_task),
+            whole_us(native_run.cpu_per_task),
+            us(wasm_run.handler_mean),
+            us(native_run.handler_mean),
+            format!(
+                "{:+.0}",
+                (wasm_run.cpu_per_task.as_secs_f64() - native_run.cpu_per_task.as_secs_f64()) * 1e6
+            ),
+        ]);
         let boto3_rate = match &python {
             Ok(python) => {
                 let tasks = tasks.min(counts.boto3_tasks);
@@ -384,6 +414,11 @@ async fn throughput(rust_guest: &Guest, counts: &Counts, latency: Duration) -> R
     if let Err(why) = python {
         println!("   boto3 worker not measured: {why}");
     }
+    per_task.print();
+    println!(
+        "   process CPU: every thread of this process (worker, SDK, the fake's server) per task; \
+         handler: one run timed inside the worker (wasm: store, instantiate, call, drop)"
+    );
     if latency.is_zero() {
         println!(
             "   targets: wasm/native ≥ 0.95; wasm/boto3 ≥ 10 at concurrency 8; wasm/ceiling ≥ 0.8"
@@ -411,25 +446,42 @@ async fn loaded_fake(tasks: usize, latency: Duration) -> (FakeSfn, String) {
 }
 
 async fn wait_finished(fake: &FakeSfn, tasks: usize, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while fake.finished() < tasks {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {tasks} tasks finished in {limit:?}",
-                fake.finished()
-            );
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
+    if tokio::time::timeout(limit, fake.wait_finished(tasks))
+        .await
+        .is_err()
+    {
+        bail!(
+            "only {} of {tasks} tasks finished in {limit:?}",
+            fake.finished()
+        );
     }
     Ok(())
 }
 
-async fn worker_rate(
+/// One worker run through the fake.
+struct WorkerRun {
+    /// Tasks per second, until the last task was reported.
+    rate: f64,
+    /// CPU this whole process used per task during the run.
+    cpu_per_task: Duration,
+    /// The mean time of one handler run inside the worker.
+    handler_mean: Duration,
+}
+
+impl WorkerRun {
+    /// The run with the median rate (its other figures come with it).
+    fn median(runs: &mut [WorkerRun]) -> &WorkerRun {
+        runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        &runs[runs.len() / 2]
+    }
+}
+
+async fn worker_run(
     handler: Arc<dyn TaskHandler>,
     concurrency: usize,
     tasks: usize,
     latency: Duration,
-) -> Result<f64> {
+) -> Result<WorkerRun> {
     let (fake, arn) = loaded_fake(tasks, latency).await;
     let mut activity = ActivityConfig::new(arn, guest_path("rust-order")?);
     activity.max_concurrency = concurrency as u32;
@@ -444,22 +496,28 @@ async fn worker_rate(
         },
         activities: vec![activity],
     };
+    let timed = Arc::new(TimedHandler::new(handler));
     let worker = sfn_wasm_worker::worker::Worker::with_handlers(
         &config,
-        vec![handler],
+        vec![timed.clone()],
         SfnClient::new(&fake.sdk_config().await),
     )?;
     let (trigger, shutdown) = sfn_wasm_worker::shutdown::channel();
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), process_cpu_time());
     let running = tokio::spawn(worker.run(shutdown));
     wait_finished(&fake, tasks, Duration::from_secs(600)).await?;
     let rate = tasks as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_task = (process_cpu_time() - cpu_before) / tasks as u32;
     trigger.trigger();
     let stats = running.await??;
     if stats.succeeded != tasks as u64 {
         bail!("{} of {tasks} tasks succeeded", stats.succeeded);
     }
-    Ok(rate)
+    Ok(WorkerRun {
+        rate,
+        cpu_per_task,
+        handler_mean: timed.mean(),
+    })
 }
 
 /// The Python with boto3: LocalStack's venv (tests/localstack.sh install), else python3.
@@ -848,11 +906,6 @@ fn process_cpu_seconds() -> f64 {
 
 fn humantime_ms(duration: Duration) -> String {
     format!("{} ms", duration.as_millis())
-}
-
-fn median(rates: &mut [f64]) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
 }
 
 fn us(duration: Duration) -> String {

@@ -4,6 +4,7 @@
 
 use crate::config::WorkerSection;
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -124,6 +125,7 @@ impl SfnClient {
                         .operation_timeout(operation)
                         .build(),
                 )
+                .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
                 .build();
             aws_sdk_sfn::Client::from_conf(config)
         };

@@ -305,8 +305,9 @@ fn classify_error(
             with_stderr(
                 format!(
                     "the guest needed {wanted} bytes of linear memory; its limit is {} bytes \
-                     (raise the activity's memory_limit if this is expected). {err:?}",
-                    limits.memory_limit
+                     (raise the activity's memory_limit if this is expected). {}",
+                    limits.memory_limit,
+                    error_chain(&err)
                 ),
                 stderr,
             ),
@@ -321,7 +322,7 @@ fn classify_error(
     if during_instantiation && err.downcast_ref::<Trap>().is_none() {
         return TaskEnd::Report(Outcome::failed(
             outcome::INSTANTIATION_FAILED,
-            format!("could not instantiate the component: {err:?}"),
+            format!("could not instantiate the component: {}", error_chain(&err)),
         ));
     }
     TaskEnd::Report(Outcome::failed(
@@ -333,9 +334,25 @@ fn classify_error(
 /// The trap's message first (e.g. "wasm trap: call stack exhausted"), then the backtrace.
 fn trap_cause(err: &wasmtime::Error) -> String {
     match err.downcast_ref::<Trap>() {
-        Some(trap) => format!("{trap}\n{err:?}"),
-        None => format!("{err:?}"),
+        Some(trap) => format!("{trap}\n{}", error_chain(err)),
+        None => error_chain(err),
     }
+}
+
+/// The error and its causes, as `{:?}` shows them but without the host's Rust backtrace
+/// (which `{:?}` appends when `RUST_BACKTRACE` is set): it says nothing about the guest and
+/// would crowd the stderr tail out of a size-limited cause.
+fn error_chain(err: &wasmtime::Error) -> String {
+    let mut text = err.to_string();
+    let causes: Vec<String> = err.chain().skip(1).map(|cause| cause.to_string()).collect();
+    if !causes.is_empty() {
+        text.push_str("\n\nCaused by:");
+        for cause in causes {
+            text.push_str("\n    ");
+            text.push_str(&cause.replace('\n', "\n    "));
+        }
+    }
+    text
 }
 
 fn timed_out(limits: &TaskLimits, stderr: &TailCapture) -> TaskEnd {

@@ -128,6 +128,8 @@ impl Inner {
 struct State {
     inner: Mutex<Inner>,
     task_queued: Notify,
+    /// Woken whenever a task reaches a final state.
+    task_finished: Notify,
     poll_hold: Mutex<Duration>,
     latency: Mutex<Duration>,
 }
@@ -172,6 +174,7 @@ impl FakeSfn {
         let state = Arc::new(State {
             inner: Mutex::default(),
             task_queued: Notify::new(),
+            task_finished: Notify::new(),
             poll_hold: Mutex::new(Duration::from_millis(200)),
             latency: Mutex::new(Duration::ZERO),
         });
@@ -304,6 +307,20 @@ impl FakeSfn {
     /// Tasks that reached a final state (succeeded or failed), across activities.
     pub fn finished(&self) -> usize {
         self.state.inner.lock().unwrap().finished
+    }
+
+    /// Waits (without polling) until `count` tasks have reached a final state.
+    pub async fn wait_finished(&self, count: usize) {
+        loop {
+            let notified = self.state.task_finished.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a task finishing in between still wakes us.
+            notified.as_mut().enable();
+            if self.finished() >= count {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Polls open on the activity now.
@@ -497,6 +514,7 @@ fn report(state: &State, token: &str, result: TaskState) -> Answer {
     match task.state {
         TaskState::Running => {
             inner.finish(token, result);
+            state.task_finished.notify_waiters();
             answer(StatusCode::OK, json!({}))
         }
         TaskState::TimedOut => error(StatusCode::BAD_REQUEST, "TaskTimedOut", "task timed out"),

@@ -843,7 +843,7 @@ async fn localstack_run(rust_guest: &Guest, executions: usize, port: &str) -> Re
     )?;
     let stats = worker.stats();
     let (trigger, shutdown) = sfn_wasm_worker::shutdown::channel();
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = process_cpu_time();
     let started = Instant::now();
     let running = tokio::spawn(worker.run(shutdown));
     for _ in 0..executions {
@@ -865,7 +865,7 @@ async fn localstack_run(rust_guest: &Guest, executions: usize, port: &str) -> Re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = started.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds() - cpu_before;
+    let cpu = (process_cpu_time() - cpu_before).as_secs_f64();
     trigger.trigger();
     running.abort(); // LocalStack holds the remaining empty polls 60 s; nothing is queued.
     let mut table = Table::new(
@@ -888,20 +888,6 @@ async fn localstack_run(rust_guest: &Guest, executions: usize, port: &str) -> Re
         "   worker CPU: this process (worker + its wasm guests + SDK) while the executions ran"
     );
     Ok(())
-}
-
-fn process_cpu_seconds() -> f64 {
-    // utime + stime, in clock ticks (100 Hz on Linux).
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-            Some(
-                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-                    / 100.0,
-            )
-        })
-        .unwrap_or(0.0)
 }
 
 fn humantime_ms(duration: Duration) -> String {

@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 use timed::{process_cpu_time, TimedHandler};
 use tokio::io::AsyncBufReadExt;
 
+/// The allocator the worker binary uses (host/src/main.rs), so that the in-process workers
+/// measured here run as the binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The guests measured, by language.
 const LANGUAGES: [(&str, &str); 4] = [
     ("Rust", "rust-order"),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// The SDK, hyper and wasmtime allocate and free many small objects per task, on whichever
 /// runtime thread runs it; mimalloc serves them with less CPU than glibc's malloc
-/// (BENCHMARKS.md: about a fifth of the worker's CPU per task).
+/// (BENCHMARKS.md: a fifth to a quarter of the worker's CPU per task).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,7 +6,7 @@
 #
 # Guests: rust-order, adversary (Rust), python-order (componentize-py), js-order (jco),
 # c-order (clang + wasi-libc + wit-bindgen c). The toolchains are installed by
-# .ci/install-tools (see ../shared/TOOLCHAIN.md for why each step is as it is).
+# .ci/install-tools (which says why each step is as it is).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,13 +57,11 @@ build_js() {
 }
 
 # The preview1 reactor adapter turns wasi-libc's preview1 imports into WASI p2; it ships in
-# the crates.io crate wasi-preview1-component-adapter-provider.
+# the crate wasi-preview1-component-adapter-provider, which guest/wasi-adapter writes out.
 adapter() {
-    local version=48.0.8 file="$work/wasi_snapshot_preview1.reactor.wasm"
+    local file="$work/wasi_snapshot_preview1.reactor.wasm"
     if [ ! -f "$file" ]; then
-        local crate=wasi-preview1-component-adapter-provider
-        curl -sSfL "https://static.crates.io/crates/$crate/$crate-$version.crate" |
-            tar xzf - -O "$crate-$version/artefacts/wasi_snapshot_preview1.reactor.wasm" >"$file.tmp"
+        cargo run --quiet --release --manifest-path "$repo/Cargo.toml" -p wasi-adapter -- "$file.tmp"
         mv "$file.tmp" "$file"
     fi
     echo "$file"

@@ -306,3 +306,47 @@ fn run_refuses_a_bad_config_before_polling_with_file_key_and_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn run_refuses_single_activity_flags_next_to_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(&config, "").unwrap();
+    for flag in [
+        ["--timeout", "5s"],
+        ["--max-concurrency", "2"],
+        ["--memory-limit", "64MiB"],
+        ["--heartbeat-interval", "5s"],
+    ] {
+        let out = worker(
+            &[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                flag[0],
+                flag[1],
+            ],
+            None,
+        );
+        assert_usage_error(&out, "cannot be used with");
+        assert!(stderr(&out).contains(flag[0]), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn an_ambiguous_size_is_refused_with_both_readings() {
+    let guest = guest_path("rust-order");
+    let out = worker(
+        &[
+            "invoke",
+            guest.to_str().unwrap(),
+            "--input",
+            "{}",
+            "--memory-limit",
+            "64m",
+        ],
+        None,
+    );
+    assert_usage_error(&out, "64MiB");
+    assert!(stderr(&out).contains("64MB"), "{}", stderr(&out));
+}

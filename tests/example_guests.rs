@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use sfn_wasm_worker::host_api::{BeatFuture, Heartbeat};
-use sfn_wasm_worker::task::{Grants, TaskEnd};
+use sfn_wasm_worker::sandbox::host_api::{BeatFuture, Heartbeat};
+use sfn_wasm_worker::sandbox::{Grants, TaskEnd};
 use std::sync::Arc;
 
 /// A heartbeat sink that says the task has timed out.

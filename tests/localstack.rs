@@ -7,7 +7,6 @@
 //! 4599 so a LocalStack of your own on 4566 is not disturbed; names are unique per run.
 
 mod common;
-mod fake_sfn;
 
 use aws_sdk_sfn::types::ExecutionStatus;
 use common::*;
@@ -112,7 +111,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     let guests = ["rust-order", "python-order", "adversary"].map(guest_path);
     let _localstack = LocalStack::start();
     let endpoint = format!("http://127.0.0.1:{PORT}");
-    let sdk = fake_sfn::local_sdk_config(&endpoint).await;
+    let sdk = sfn_fake::local_sdk_config(&endpoint).await;
     let client = aws_sdk_sfn::Client::new(&sdk);
 
     let run_id = format!(

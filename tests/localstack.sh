@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LocalStack's Step Functions (a real ASL interpreter with activities), run as a plain Python
-# process on 127.0.0.1 (no Docker). Recipe and its differences from AWS: ../shared/LOCALSTACK.md.
+# process on 127.0.0.1 (no Docker). Its differences from AWS that matter here: README, "Tests".
 #
 #   tests/localstack.sh install   # venv under $LOCALSTACK_HOME (default ~/.cache/sfn-wasm-worker/localstack)
 #   tests/localstack.sh start     # starts it on 127.0.0.1:$LOCALSTACK_PORT (default 4566) unless running;

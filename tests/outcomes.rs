@@ -5,9 +5,9 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use sfn_wasm_worker::host_api::InterruptReason;
-use sfn_wasm_worker::outcome::{self, MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
-use sfn_wasm_worker::task::{Grants, TaskEnd, TaskLimits};
+use sfn_wasm_worker::sandbox::host_api::InterruptReason;
+use sfn_wasm_worker::sandbox::outcome::{self, MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
+use sfn_wasm_worker::sandbox::{Grants, TaskEnd, TaskLimits};
 use std::time::{Duration, Instant};
 
 const ADVERSARY: &str = "adversary";
@@ -77,7 +77,7 @@ async fn err_error_and_cause_are_truncated_on_utf8_boundaries() {
     let long_cause = "ž".repeat(MAX_CAUSE_CHARS + 1_000);
     let input = json!({"behaviour": "fail", "error": long_error, "cause": long_cause});
     let outcome = run(ADVERSARY, &input.to_string()).await;
-    let sfn_wasm_worker::outcome::Outcome::Failed { error, cause } = outcome else {
+    let sfn_wasm_worker::sandbox::outcome::Outcome::Failed { error, cause } = outcome else {
         panic!("expected a failure");
     };
     assert_eq!(error.chars().count(), MAX_ERROR_CHARS);
@@ -280,7 +280,7 @@ async fn guest_sees_its_context_but_not_the_token() {
     assert_eq!(output["worker_name"], "test-worker");
     assert_eq!(
         output["task_id"],
-        sfn_wasm_worker::runtime::task_id("token")
+        sfn_wasm_worker::worker::sfn::task_id("token")
     );
     assert_ne!(output["task_id"], "token");
     assert_eq!(output["deadline_ms"], 20_000);

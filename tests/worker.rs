@@ -3,19 +3,18 @@
 //! decides what each call returns.
 
 mod common;
-mod fake_sfn;
 
 use common::*;
-use fake_sfn::{FakeSfn, Fault, Op, TaskState};
 use serde_json::{json, Value};
+use sfn_fake::{FakeSfn, Fault, Op, TaskState};
+use sfn_wasm_worker::config::units::HumanDuration;
 use sfn_wasm_worker::config::{ActivityConfig, Config, WorkerSection};
-use sfn_wasm_worker::sfn::SfnClient;
-use sfn_wasm_worker::shutdown::{self, ShutdownTrigger};
-use sfn_wasm_worker::units::HumanDuration;
+use sfn_wasm_worker::worker::sfn::SfnClient;
 use sfn_wasm_worker::worker::{StatsSnapshot, Worker, WorkerStats};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -24,7 +23,7 @@ fn activity(arn: &str, guest: &str) -> ActivityConfig {
 }
 
 struct RunningWorker {
-    trigger: ShutdownTrigger,
+    shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<StatsSnapshot>>,
     stats: Arc<WorkerStats>,
 }
@@ -46,17 +45,17 @@ impl RunningWorker {
         let client = SfnClient::new(&fake.sdk_config().await);
         let worker = Worker::new(runtime(), &config, client).expect("starting the worker");
         let stats = worker.stats();
-        let (trigger, shutdown) = shutdown::channel();
-        let handle = tokio::spawn(worker.run(shutdown));
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(shutdown.clone()));
         RunningWorker {
-            trigger,
+            shutdown,
             handle,
             stats,
         }
     }
 
     async fn stop(self) -> StatsSnapshot {
-        self.trigger.trigger();
+        self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.handle)
             .await
             .expect("the worker did not stop")
@@ -150,7 +149,7 @@ async fn concurrency_is_bounded_and_a_poll_always_holds_a_free_slot() {
 #[tokio::test]
 async fn an_unknown_activity_stops_and_the_worker_exits_with_an_error_when_none_is_left() {
     let fake = FakeSfn::start().await;
-    let missing = format!("{}never-created", fake_sfn::ARN_PREFIX);
+    let missing = format!("{}never-created", sfn_fake::ARN_PREFIX);
     let worker = RunningWorker::start(&fake, vec![activity(&missing, "rust-order")], WAIT).await;
     let result = tokio::time::timeout(WAIT, worker.handle)
         .await
@@ -163,7 +162,7 @@ async fn an_unknown_activity_stops_and_the_worker_exits_with_an_error_when_none_
 #[tokio::test]
 async fn an_unknown_activity_does_not_stop_the_others() {
     let fake = FakeSfn::start().await;
-    let missing = format!("{}never-created", fake_sfn::ARN_PREFIX);
+    let missing = format!("{}never-created", sfn_fake::ARN_PREFIX);
     let arn = fake.create_activity("alive");
     let worker = RunningWorker::start(
         &fake,
@@ -291,6 +290,40 @@ async fn a_timed_out_heartbeat_interrupts_a_spinning_guest_and_reports_nothing()
     worker.stop().await;
 }
 
+/// LocalStack's way of closing a task (a state timeout, StopExecution): the token that was
+/// accepted becomes `InvalidToken`. The guest must stop and its only slot serve the next task.
+#[tokio::test]
+async fn invalid_token_after_an_accepted_heartbeat_stops_the_guest_and_frees_its_slot() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("closed-by-localstack");
+    let mut config = activity(&arn, "adversary");
+    config.max_concurrency = 1;
+    config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
+    config.timeout = Some(HumanDuration(Duration::from_secs(120)));
+    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let token = fake.enqueue(&arn, &json!({"behaviour": "loop"}).to_string());
+    fake.wait_until(WAIT, "a heartbeat to be accepted", |f| {
+        f.task(&token).heartbeats >= 1
+    })
+    .await;
+    fake.close(&token);
+    let closed = Instant::now();
+    let queued_behind = fake.enqueue(&arn, &json!({"behaviour": "echo"}).to_string());
+    fake.wait_until(WAIT, "the guest to be interrupted", |_| {
+        worker.stats.snapshot().abandoned == 1
+    })
+    .await;
+    let interrupted_after = closed.elapsed();
+    output_of(&fake.wait_for_result(&queued_behind, WAIT).await);
+    assert!(
+        interrupted_after < Duration::from_secs(3),
+        "the guest ran {interrupted_after:?} after its task closed (interval 1 s)"
+    );
+    assert_eq!(fake.task(&token).reports, 0, "a closed task was reported");
+    let stats = worker.stop().await;
+    assert_eq!((stats.abandoned, stats.succeeded), (1, 1));
+}
+
 #[tokio::test]
 async fn invalid_token_on_a_heartbeat_is_logged_and_the_task_goes_on() {
     let fake = FakeSfn::start().await;
@@ -344,7 +377,7 @@ async fn a_report_for_a_timed_out_task_is_counted_lost_and_not_retried() {
     .await;
     fake.time_out(&token);
     fake.wait_until(WAIT, "the lost report", |_| {
-        worker.stats.snapshot().lost_to_timeout == 1
+        worker.stats.snapshot().reports_refused == 1
     })
     .await;
     assert_eq!(fake.calls(Op::SendTaskSuccess), 1);
@@ -384,7 +417,7 @@ async fn a_task_arriving_on_an_open_poll_while_draining_is_run() {
     let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
     fake.wait_until(WAIT, "an open poll", |f| f.open_polls(&arn) == 1)
         .await;
-    worker.trigger.trigger();
+    worker.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let token = fake.enqueue(&arn, &order("F-1"));
     let stats = tokio::time::timeout(WAIT, worker.handle)
@@ -435,7 +468,7 @@ async fn tenants_get_their_own_component_and_limits() {
     let orders = fake.create_activity("tenant-orders");
     let tools = fake.create_activity("tenant-tools");
     let mut tight = activity(&tools, "adversary");
-    tight.memory_limit = Some(sfn_wasm_worker::units::ByteSize(16 << 20));
+    tight.memory_limit = Some(sfn_wasm_worker::config::units::ByteSize(16 << 20));
     tight.env.insert("TENANT".into(), "tools".into());
     let worker =
         RunningWorker::start(&fake, vec![activity(&orders, "rust-order"), tight], WAIT).await;

@@ -2,8 +2,8 @@
 //! bench-only [`TaskHandler`] that runs it in-process: the ceiling for the worker's loop.
 
 use serde_json::{json, Value};
-use sfn_wasm_worker::outcome::Outcome;
-use sfn_wasm_worker::task::{
+use sfn_wasm_worker::sandbox::outcome::Outcome;
+use sfn_wasm_worker::sandbox::{
     Grants, HandlerFuture, Task, TaskEnd, TaskHandler, TaskLimits, TaskStats,
 };
 use std::time::Instant;

@@ -59,3 +59,13 @@ impl Table {
         }
     }
 }
+
+/// A duration in milliseconds, for tables.
+pub fn humantime_ms(duration: Duration) -> String {
+    format!("{} ms", duration.as_millis())
+}
+
+/// A duration in microseconds, for tables.
+pub fn us(duration: Duration) -> String {
+    format!("{:.1}", duration.as_secs_f64() * 1e6)
+}

@@ -1,7 +1,7 @@
 //! Where a worker run's time goes: the handler's own time per task, measured inside the
 //! worker loop, and the whole process's CPU per task.
 
-use sfn_wasm_worker::task::{Grants, HandlerFuture, Task, TaskHandler, TaskLimits};
+use sfn_wasm_worker::sandbox::{Grants, HandlerFuture, Task, TaskHandler, TaskLimits};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

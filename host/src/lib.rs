@@ -1,21 +1,16 @@
 //! sfn-wasm-worker: an AWS Step Functions activity worker that runs each task in a fresh,
 //! sandboxed WebAssembly component.
 //!
-//! - [`runtime`]: the engine, loading and checking components against the WIT world;
-//! - [`task`]: one task in its own store, with limits, and the outcome mapping;
-//! - [`outcome`]: the stable outcome table (error names, size limits, truncation);
-//! - [`host_api`]: the host functions guests import (`log`, `heartbeat`) and interruption.
+//! Two halves and their configuration:
+//! - [`sandbox`]: from a task's JSON input to its outcome, knowing nothing of Step Functions
+//!   (engine, components, limits, capabilities, store, host API, output capture, run,
+//!   outcome rules);
+//! - [`worker`]: Step Functions' side (client, pollers and slots, one task's lifecycle,
+//!   heartbeats, reports, counters, shutdown and drain);
+//! - [`config`]: the TOML configuration and its human units.
+//!
+//! The `sfn-wasm-worker` binary (`main.rs`) is a thin command line over these.
 
-pub mod backoff;
-pub mod bindings;
 pub mod config;
-pub mod engine;
-pub mod host_api;
-pub mod outcome;
-pub mod output_capture;
-pub mod runtime;
-pub mod sfn;
-pub mod shutdown;
-pub mod task;
-pub mod units;
+pub mod sandbox;
 pub mod worker;

@@ -1,19 +1,24 @@
-//! The `sfn-wasm-worker` command line: `run` (the worker), `invoke` and `check`.
+//! The `sfn-wasm-worker` command line: `run` (the worker), `invoke` and `check`. A thin
+//! layer: flags become a [`Config`] or an [`ActivityConfig`], whose defaults live in
+//! `config`; the work is done by the library.
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand};
-use sfn_wasm_worker::config::{ActivityConfig, Config};
-use sfn_wasm_worker::engine::{CacheSetting, EngineSettings};
-use sfn_wasm_worker::host_api::{CountingHeartbeat, Interrupt};
-use sfn_wasm_worker::runtime::{self, Runtime, WORLD};
-use sfn_wasm_worker::task::{Grants, Task, TaskEnd, TaskLimits};
-use sfn_wasm_worker::units::{ByteSize, HumanDuration};
-use sfn_wasm_worker::worker::Worker;
-use sfn_wasm_worker::{sfn, shutdown};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sfn_wasm_worker::config::units::{ByteSize, HumanDuration};
+use sfn_wasm_worker::config::{
+    ActivityConfig, Config, DEFAULT_MAX_CONCURRENCY, DEFAULT_MEMORY_LIMIT, DEFAULT_POLLERS,
+    DEFAULT_TIMEOUT,
+};
+use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
+use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
+use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, WORLD};
+use sfn_wasm_worker::worker::sfn::{self, SfnClient};
+use sfn_wasm_worker::worker::{shutdown, Worker};
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// The SDK, hyper and wasmtime allocate and free many small objects per task, on whichever
 /// runtime thread runs it; mimalloc serves them with less CPU than glibc's malloc
@@ -49,7 +54,7 @@ struct Cli {
 
 #[derive(Args)]
 struct GlobalArgs {
-    /// Directory of the compilation cache [default: wasmtime's, under ~/.cache]
+    /// Directory of the compilation cache [default: `[worker] cache_dir`, else wasmtime's, under ~/.cache]
     #[arg(long, global = true, env = "SFN_WASM_WORKER_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Compile every component at start-up instead of using the cache
@@ -64,8 +69,17 @@ struct GlobalArgs {
     )]
     log: String,
     /// Log format
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event
+    Text,
+    /// One JSON object per event
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -81,10 +95,22 @@ enum Command {
     },
 }
 
+/// The `run` flags that describe the one activity of `--activity-arn`: refused with `--config`,
+/// whose file describes its activities itself.
+const SINGLE_ACTIVITY_FLAGS: [&str; 7] = [
+    "activity_arn",
+    "component",
+    "max_concurrency",
+    "pollers",
+    "timeout",
+    "memory_limit",
+    "heartbeat_interval",
+];
+
 #[derive(Args)]
 struct RunArgs {
     /// The configuration file (TOML; see README "Configuration")
-    #[arg(long, short, conflicts_with_all = ["activity_arn", "component"], required_unless_present = "activity_arn")]
+    #[arg(long, short, required_unless_present = "activity_arn", conflicts_with_all = SINGLE_ACTIVITY_FLAGS)]
     config: Option<PathBuf>,
     /// Serve this one activity (instead of --config)
     #[arg(long, requires = "component")]
@@ -93,21 +119,17 @@ struct RunArgs {
     #[arg(long, requires = "activity_arn")]
     component: Option<PathBuf>,
     /// With --activity-arn: tasks that may run at once
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENCY)]
     max_concurrency: u32,
     /// With --activity-arn: long polls kept open at once
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = DEFAULT_POLLERS)]
     pollers: u32,
-    /// With --activity-arn: wall-clock limit per task [default: 60s]
-    #[arg(long)]
-    timeout: Option<HumanDuration>,
-    /// With --activity-arn: memory cap per task [default: 128MiB]
-    #[arg(long)]
-    memory_limit: Option<ByteSize>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// With --activity-arn: heartbeat every in-flight task at this interval [default: off]
     #[arg(long)]
     heartbeat_interval: Option<HumanDuration>,
-    /// The workerName sent on polls [default: hostname-pid]
+    /// The workerName sent on polls (overrides `[worker] name`) [default: hostname-pid]
     #[arg(long)]
     worker_name: Option<String>,
     /// Step Functions endpoint, e.g. http://127.0.0.1:4566 [default: AWS_ENDPOINT_URL or AWS]
@@ -116,9 +138,20 @@ struct RunArgs {
     /// AWS region [default: the AWS configuration chain]
     #[arg(long)]
     region: Option<String>,
-    /// How long shutdown waits for in-flight tasks [default: 30s]
+    /// How long shutdown waits for in-flight tasks (overrides `[worker] drain_timeout`) [default: 30s]
     #[arg(long)]
     drain_timeout: Option<HumanDuration>,
+}
+
+/// One activity's per-task limits, for `invoke` and `run --activity-arn`.
+#[derive(Args)]
+struct LimitArgs {
+    /// Wall-clock limit per task
+    #[arg(long, default_value_t = HumanDuration(DEFAULT_TIMEOUT))]
+    timeout: HumanDuration,
+    /// Memory cap per task
+    #[arg(long, default_value_t = ByteSize(DEFAULT_MEMORY_LIMIT))]
+    memory_limit: ByteSize,
 }
 
 #[derive(Args)]
@@ -131,12 +164,8 @@ struct InvokeArgs {
     /// A file holding the task's JSON input
     #[arg(long)]
     input_file: Option<PathBuf>,
-    /// How long the guest may run
-    #[arg(long, default_value = "30s")]
-    timeout: HumanDuration,
-    /// The most linear memory the guest may hold
-    #[arg(long, default_value = "128MiB")]
-    memory_limit: ByteSize,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// The activity ARN the guest sees in its context
     #[arg(
         long,
@@ -179,13 +208,15 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("starting the tokio runtime");
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    let result = match cli.command {
+        Command::Run(args) => runtime.block_on(serve(args, &cli.global)),
+        Command::Invoke(args) => runtime.block_on(invoke(args, &cli.global)),
+        Command::Check { component } => check(component, &cli.global),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::from(EXIT_USAGE)
+    })
 }
 
 /// With `RUST_BACKTRACE=1` set (common in production, for panics), std also captures a
@@ -211,32 +242,14 @@ fn init_logging(global: &GlobalArgs) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if global.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    match global.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }
 
-fn cache_setting(global: &GlobalArgs) -> CacheSetting {
-    match (&global.cache_dir, global.no_cache) {
-        (_, true) => CacheSetting::Disabled,
-        (Some(dir), false) => CacheSetting::Directory(dir.clone()),
-        (None, false) => CacheSetting::Default,
-    }
-}
-
-async fn run(cli: Cli) -> Result<ExitCode> {
-    let cache = cache_setting(&cli.global);
-    match cli.command {
-        Command::Run(args) => serve(args, cli.global).await,
-        Command::Invoke(args) => invoke(args, cache).await,
-        Command::Check { component } => check(component, cache),
-    }
-}
-
-/// Builds the configuration from --config or the single-activity flags; flags given with
-/// --config override its `[worker]` section.
+/// The configuration from `--config` or the single-activity flags; `[worker]` flags
+/// override the file's `[worker]` section. Not validated yet: [`Worker::new`] does that.
 fn run_config(args: &RunArgs) -> Result<Config> {
     let mut config = match (&args.config, &args.activity_arn, &args.component) {
         (Some(path), _, _) => Config::load(path)?,
@@ -244,8 +257,8 @@ fn run_config(args: &RunArgs) -> Result<Config> {
             let mut activity = ActivityConfig::new(arn.clone(), component.clone());
             activity.max_concurrency = args.max_concurrency;
             activity.pollers = args.pollers;
-            activity.timeout = args.timeout;
-            activity.memory_limit = args.memory_limit;
+            activity.timeout = Some(args.limits.timeout);
+            activity.memory_limit = Some(args.limits.memory_limit);
             activity.heartbeat_interval = args.heartbeat_interval;
             Config {
                 worker: Default::default(),
@@ -259,28 +272,30 @@ fn run_config(args: &RunArgs) -> Result<Config> {
     worker.endpoint_url = args.endpoint_url.clone().or(worker.endpoint_url.take());
     worker.region = args.region.clone().or(worker.region.take());
     worker.drain_timeout = args.drain_timeout.or(worker.drain_timeout);
-    config.validate()?;
     Ok(config)
 }
 
-async fn serve(args: RunArgs, global: GlobalArgs) -> Result<ExitCode> {
+async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let config = run_config(&args)?;
-    let cache = match (&global.cache_dir, &config.worker.cache_dir, global.no_cache) {
-        (_, _, true) => CacheSetting::Disabled,
-        (Some(dir), _, false) | (None, Some(dir), false) => CacheSetting::Directory(dir.clone()),
-        (None, None, false) => CacheSetting::Default,
-    };
+    let cache = CacheSetting::resolve(
+        global.no_cache,
+        global.cache_dir.clone().or(config.worker.cache_dir.clone()),
+    );
     let runtime = Runtime::new(&EngineSettings {
         max_concurrent_tasks: config.total_concurrency(),
         max_memory_bytes: config.max_memory_limit(),
         cache,
     })?;
-    let client = sfn::SfnClient::new(&sfn::load_sdk_config(&config.worker).await);
-    let worker = Worker::new(&runtime, &config, client)?;
+    let client = SfnClient::new(&sfn::load_sdk_config(&config.worker).await);
+    let worker = Worker::new(&runtime, &config, client).with_context(|| match &args.config {
+        Some(path) => format!("config file {}", path.display()),
+        None => "the --activity-arn flags".to_string(),
+    })?;
     release_freed_memory();
-    let (trigger, shutdown) = shutdown::channel();
+    let shutdown = CancellationToken::new();
+    let on_signals = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(err) = shutdown::trigger_on_signals(trigger).await {
+        if let Err(err) = shutdown::cancel_on_signals(on_signals).await {
             tracing::error!(error = %err, "cannot listen for SIGTERM/SIGINT");
         }
     });
@@ -293,22 +308,28 @@ async fn serve(args: RunArgs, global: GlobalArgs) -> Result<ExitCode> {
     }
 }
 
-async fn invoke(args: InvokeArgs, cache: CacheSetting) -> Result<ExitCode> {
+async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let input = read_input(&args)?;
     serde_json::from_str::<serde::de::IgnoredAny>(&input)
         .with_context(|| "the task input is not JSON; Step Functions only sends JSON inputs")?;
+    let mut activity = ActivityConfig::new(args.activity_arn, args.component);
+    activity.timeout = Some(args.limits.timeout);
+    activity.memory_limit = Some(args.limits.memory_limit);
+    activity.env = args.env.into_iter().collect();
+    activity.read_only_dirs = args.dirs.into_iter().collect();
+    let limits = activity.limits();
     let runtime = Runtime::new(&EngineSettings {
         max_concurrent_tasks: 1,
-        max_memory_bytes: args.memory_limit.0,
-        cache,
+        max_memory_bytes: limits.memory_limit,
+        cache: CacheSetting::resolve(global.no_cache, global.cache_dir.clone()),
     })?;
-    let guest = runtime.load(&args.component)?;
+    let guest = runtime.load(&activity.component)?;
     let heartbeat = Arc::new(CountingHeartbeat::default());
     let task = Task {
         input,
-        activity_arn: args.activity_arn.into(),
+        activity_arn: activity.arn.as_str().into(),
         worker_name: args.worker_name.into(),
-        task_id: runtime::task_id(&format!(
+        task_id: sfn::task_id(&format!(
             "invoke-{}-{:?}",
             std::process::id(),
             std::time::SystemTime::now()
@@ -316,15 +337,7 @@ async fn invoke(args: InvokeArgs, cache: CacheSetting) -> Result<ExitCode> {
         heartbeat: heartbeat.clone(),
         interrupt: Interrupt::default(),
     };
-    let limits = TaskLimits {
-        timeout: args.timeout.0,
-        memory_limit: args.memory_limit.0,
-    };
-    let grants = Grants {
-        env: args.env,
-        read_only_dirs: args.dirs,
-    };
-    let (end, stats) = guest.run(task, &limits, &grants).await;
+    let (end, stats) = guest.run(task, &limits, &activity.grants()).await;
     for (stream, tail) in [
         ("stdout", &stats.stdout_tail),
         ("stderr", &stats.stderr_tail),
@@ -365,11 +378,11 @@ fn read_input(args: &InvokeArgs) -> Result<String> {
     Ok(input)
 }
 
-fn check(component: PathBuf, cache: CacheSetting) -> Result<ExitCode> {
+fn check(component: PathBuf, global: &GlobalArgs) -> Result<ExitCode> {
     let runtime = Runtime::new(&EngineSettings {
         max_concurrent_tasks: 1,
-        max_memory_bytes: 128 << 20,
-        cache,
+        max_memory_bytes: DEFAULT_MEMORY_LIMIT,
+        cache: CacheSetting::resolve(global.no_cache, global.cache_dir.clone()),
     })?;
     let report = runtime.inspect(&component)?;
     println!("component: {}", component.display());

@@ -2,11 +2,11 @@
 //! per test binary, and task construction.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use sfn_wasm_worker::engine::{CacheSetting, EngineSettings};
-use sfn_wasm_worker::host_api::{CountingHeartbeat, Interrupt};
-use sfn_wasm_worker::outcome::Outcome;
-use sfn_wasm_worker::runtime::{Guest, Runtime};
-use sfn_wasm_worker::task::{Grants, Task, TaskEnd, TaskLimits, TaskStats};
+use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
+use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
+use sfn_wasm_worker::sandbox::outcome::Outcome;
+use sfn_wasm_worker::sandbox::{Grants, Task, TaskEnd, TaskLimits, TaskStats};
+use sfn_wasm_worker::sandbox::{Guest, Runtime};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,7 +91,7 @@ pub fn task(input: &str) -> (Task, Arc<CountingHeartbeat>) {
         input: input.to_string(),
         activity_arn: "arn:aws:states:us-east-1:123456789012:activity:tests".into(),
         worker_name: "test-worker".into(),
-        task_id: sfn_wasm_worker::runtime::task_id("token"),
+        task_id: sfn_wasm_worker::worker::sfn::task_id("token"),
         heartbeat: heartbeat.clone(),
         interrupt: Interrupt::default(),
     };

@@ -6,7 +6,6 @@
 //! like the service (for [`FakeSfn::set_poll_hold`], not 60 s), records every task's fate,
 //! and injects faults: throttling, 5xx, slow responses, connection resets, and the
 //! task-over errors on heartbeats and reports.
-#![allow(dead_code)] // each test binary uses its own subset
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -71,6 +70,9 @@ pub enum TaskState {
     Failed { error: String, cause: String },
     /// Timed out (by the test): heartbeats and reports get `TaskTimedOut`.
     TimedOut,
+    /// Closed (by the test) the way LocalStack closes a timed-out state or a stopped
+    /// execution's task: heartbeats and reports get `InvalidToken`.
+    Closed,
 }
 
 /// Everything the fake knows about one task.
@@ -274,6 +276,16 @@ impl FakeSfn {
             .lock()
             .unwrap()
             .finish(token, TaskState::TimedOut);
+    }
+
+    /// Closes a task as LocalStack does when its state times out or its execution is
+    /// stopped: its token becomes invalid.
+    pub fn close(&self, token: &str) {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .finish(token, TaskState::Closed);
     }
 
     /// The record of one task.
@@ -499,6 +511,9 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
                     task.heartbeats += 1;
                     answer(StatusCode::OK, json!({}))
                 }
+                Some(task) if task.state == TaskState::Closed => {
+                    error(StatusCode::BAD_REQUEST, "InvalidToken", "task is closed")
+                }
                 Some(_) => error(StatusCode::BAD_REQUEST, "TaskTimedOut", "task is over"),
             }
         }
@@ -518,6 +533,7 @@ fn report(state: &State, token: &str, result: TaskState) -> Answer {
             answer(StatusCode::OK, json!({}))
         }
         TaskState::TimedOut => error(StatusCode::BAD_REQUEST, "TaskTimedOut", "task timed out"),
+        TaskState::Closed => error(StatusCode::BAD_REQUEST, "InvalidToken", "task is closed"),
         _ => error(
             StatusCode::BAD_REQUEST,
             "TaskDoesNotExist",

@@ -1,11 +1,13 @@
-//! The runtime: one engine and linker for the process, and components loaded once,
-//! checked against the `sfn:activity/handler` world and pre-instantiated.
+//! Components: one engine and linker for the process ([`Runtime`]), and components loaded
+//! once, checked against the `sfn:activity/handler` world and pre-instantiated ([`Guest`]).
 
-use crate::bindings::{Handler, HandlerPre};
-use crate::engine::{build_engine, EngineSettings, EpochTicker};
-use crate::task::{
-    self, Grants, HandlerFuture, Task, TaskEnd, TaskHandler, TaskLimits, TaskState, TaskStats,
-};
+use crate::sandbox::bindings::{Handler, HandlerPre};
+use crate::sandbox::capabilities::Grants;
+use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker, TickDemand};
+use crate::sandbox::limits::TaskLimits;
+use crate::sandbox::outcome::TaskEnd;
+use crate::sandbox::run::{self, HandlerFuture, Task, TaskHandler, TaskStats};
+use crate::sandbox::store::{self, TaskState};
 use anyhow::{bail, Context as _, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ pub const WORLD: &str = "sfn:activity/handler@0.1.0";
 pub struct Runtime {
     engine: Engine,
     linker: Linker<TaskState>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// A component compiled, checked against the world and pre-instantiated: ready to run
@@ -29,6 +31,7 @@ pub struct Runtime {
 pub struct Guest {
     path: Arc<Path>,
     pre: HandlerPre<TaskState>,
+    ticks: TickDemand,
 }
 
 /// One import of a component and whether this host provides it.
@@ -62,14 +65,14 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI p2")?;
-        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, task::host_state)
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, store::host_state)
             .map_err(anyhow::Error::from)
             .context("linking the sfn:activity host interface")?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Runtime {
             engine,
             linker,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -148,6 +151,7 @@ impl Runtime {
         Ok(Guest {
             path: path.into(),
             pre,
+            ticks: self.ticker.demand(),
         })
     }
 }
@@ -160,7 +164,8 @@ impl Guest {
         limits: &TaskLimits,
         grants: &Grants,
     ) -> (TaskEnd, TaskStats) {
-        task::run_task(&self.pre, task, limits, grants).await
+        let _ticking = self.ticks.enter();
+        run::run_task(&self.pre, task, limits, grants).await
     }
 }
 
@@ -225,12 +230,4 @@ fn provider_of(import: &str) -> &'static str {
     } else {
         "NOT PROVIDED by this host"
     }
-}
-
-/// A short id for a task token, for logs and the guest's context: the first 16 hex digits of
-/// its SHA-256. It identifies the task but cannot be used to report on it.
-pub fn task_id(task_token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(task_token.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -40,7 +40,9 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
 
-const UNITS: [(&str, u64); 9] = [
+/// Units, case-insensitive: decimal `KB`/`MB`/`GB`, binary `KiB`/`MiB`/`GiB` (also `Ki`,
+/// `Mi`, `Gi` as Kubernetes writes them). A bare `K`, `M` or `G` is refused as ambiguous.
+const UNITS: [(&str, u64); 10] = [
     ("b", 1),
     ("kb", 1_000),
     ("mb", 1_000_000),
@@ -48,8 +50,9 @@ const UNITS: [(&str, u64); 9] = [
     ("kib", 1 << 10),
     ("mib", 1 << 20),
     ("gib", 1 << 30),
-    ("k", 1 << 10),
-    ("m", 1 << 20),
+    ("ki", 1 << 10),
+    ("mi", 1 << 20),
+    ("gi", 1 << 30),
 ];
 
 impl FromStr for ByteSize {
@@ -65,6 +68,13 @@ impl FromStr for ByteSize {
         let (number, unit) = trimmed.split_at(split);
         let number: u64 = number.parse().map_err(|_| invalid())?;
         let unit = unit.trim().to_ascii_lowercase();
+        if matches!(unit.as_str(), "k" | "m" | "g") {
+            let upper = unit.to_ascii_uppercase();
+            return Err(format!(
+                "ambiguous size {text:?}: write {number}{upper}iB (binary, 2^10 steps) or \
+                 {number}{upper}B (decimal, 10^3 steps)"
+            ));
+        }
         let multiplier = if unit.is_empty() {
             1
         } else {
@@ -118,6 +128,12 @@ mod tests {
         assert_eq!("64 MB".parse::<ByteSize>().unwrap().0, 64_000_000);
         assert_eq!("1048576".parse::<ByteSize>().unwrap().0, 1 << 20);
         assert_eq!("2gib".parse::<ByteSize>().unwrap().0, 2 << 30);
+        assert_eq!("64Mi".parse::<ByteSize>().unwrap().0, 64 << 20);
+        let ambiguous = "64m".parse::<ByteSize>().unwrap_err();
+        assert!(
+            ambiguous.contains("64MiB") && ambiguous.contains("64MB"),
+            "{ambiguous}"
+        );
         assert!("12 parsecs"
             .parse::<ByteSize>()
             .unwrap_err()

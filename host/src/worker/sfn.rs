@@ -26,6 +26,21 @@ pub struct ActivityTask {
     pub input: String,
 }
 
+impl ActivityTask {
+    /// A short id for the task, for logs and the guest's context (see [`task_id`]).
+    pub fn task_id(&self) -> String {
+        task_id(&self.token)
+    }
+}
+
+/// A short id for a task token: the first 16 hex digits of its SHA-256. It identifies the
+/// task in logs but cannot be used to report on it.
+pub fn task_id(task_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(task_token.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A failed Step Functions call, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {

@@ -1,18 +1,27 @@
 //! The worker's configuration: one TOML file, many activities (each a tenant with its own
 //! component, limits and grants), or a single activity given on the command line.
 //!
-//! Every problem is reported before any poll starts, naming the file, the key and the fix.
+//! Every problem is reported before any poll starts, naming the file, the key and the fix:
+//! [`Config::load`] reads and parses, [`Config::validate`] (run once, by
+//! [`crate::worker::Worker::new`]) checks what the types cannot. [`units`] parses the
+//! human units (`30s`, `128MiB`) used here and on the command line.
 
-use crate::task::{Grants, TaskLimits};
-use crate::units::{ByteSize, HumanDuration};
+pub mod units;
+
+use crate::sandbox::{Grants, TaskLimits};
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use units::{ByteSize, HumanDuration};
 
 /// The most long polls AWS allows open per activity ARN.
 pub const MAX_POLLERS_PER_ACTIVITY: u32 = 1_000;
+/// Default tasks of one activity that may run at once.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
+/// Default long polls kept open per activity.
+pub const DEFAULT_POLLERS: u32 = 1;
 /// Default wall-clock limit per task.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default memory cap per task.
@@ -81,11 +90,11 @@ pub struct ActivityConfig {
 }
 
 fn default_max_concurrency() -> u32 {
-    4
+    DEFAULT_MAX_CONCURRENCY
 }
 
 fn default_pollers() -> u32 {
-    1
+    DEFAULT_POLLERS
 }
 
 impl ActivityConfig {
@@ -122,7 +131,8 @@ impl ActivityConfig {
 }
 
 impl Config {
-    /// Reads and validates the configuration file at `path`.
+    /// Reads and parses the configuration file at `path`, resolving relative paths against
+    /// its directory. Call [`Config::validate`] before using it.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
@@ -144,9 +154,6 @@ impl Config {
                 activity.component = base.join(&activity.component);
             }
         }
-        config
-            .validate()
-            .with_context(|| format!("config file {}", path.display()))?;
         Ok(config)
     }
 
@@ -300,6 +307,7 @@ mod tests {
             "#,
         );
         let config = Config::load(&path).unwrap();
+        config.validate().unwrap();
         let activity = &config.activities[0];
         assert_eq!(activity.component, dir.path().join("orders.wasm"));
         assert_eq!(activity.limits().timeout, Duration::from_secs(30));
@@ -317,7 +325,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "g.wasm", "");
         let path = write(dir.path(), "worker.toml", text);
-        format!("{:#}", Config::load(&path).unwrap_err())
+        let error = Config::load(&path)
+            .and_then(|config| config.validate())
+            .unwrap_err();
+        format!("{error:#}")
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The host side of the `sfn:activity/host` interface (`log` and `heartbeat`), and the
 //! controls the worker holds over a running task (heartbeat sink, interruption).
 
-use crate::bindings::sfn::activity::host::{Host, LogLevel};
-use crate::bindings::sfn::activity::types;
+use crate::sandbox::bindings::sfn::activity::host::{Host, LogLevel};
+use crate::sandbox::bindings::sfn::activity::types;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -55,7 +55,7 @@ pub enum InterruptReason {
 }
 
 /// A one-shot signal that stops a running guest at its next epoch tick (within
-/// [`crate::engine::EPOCH_TICK`]), or at once if it is blocked in a host call.
+/// [`crate::sandbox::engine::EPOCH_TICK`]), or at once if it is blocked in a host call.
 #[derive(Debug, Clone, Default)]
 pub struct Interrupt {
     inner: Arc<InterruptInner>,
@@ -93,18 +93,41 @@ impl Interrupt {
 
 /// Per-task state behind the `host` interface.
 pub struct HostState {
-    /// Activity ARN, for log fields.
-    pub activity_arn: Arc<str>,
-    /// Task id, for log fields.
-    pub task_id: String,
-    /// Where heartbeats go.
-    pub heartbeat: Arc<dyn Heartbeat>,
-    /// Set when the worker interrupts the task.
-    pub interrupt: Interrupt,
+    activity_arn: Arc<str>,
+    task_id: String,
+    heartbeat: Arc<dyn Heartbeat>,
+    interrupt: Interrupt,
+    heartbeats_requested: u64,
+    log_lines: u32,
+}
+
+impl HostState {
+    /// The host side of one task: its log fields, heartbeat sink and interrupt.
+    pub fn new(
+        activity_arn: Arc<str>,
+        task_id: String,
+        heartbeat: Arc<dyn Heartbeat>,
+        interrupt: Interrupt,
+    ) -> HostState {
+        HostState {
+            activity_arn,
+            task_id,
+            heartbeat,
+            interrupt,
+            heartbeats_requested: 0,
+            log_lines: 0,
+        }
+    }
+
     /// Heartbeats the guest asked for.
-    pub heartbeats_requested: u64,
-    /// Log lines the guest wrote (including dropped ones).
-    pub log_lines: u32,
+    pub fn heartbeats_requested(&self) -> u64 {
+        self.heartbeats_requested
+    }
+
+    /// The task's interrupt.
+    pub fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
+    }
 }
 
 /// The `types` interface has no functions; the generated bindings still want it implemented.

@@ -1,0 +1,30 @@
+//! The sandbox: everything between a task's JSON input and its outcome, with no knowledge of
+//! Step Functions.
+//!
+//! - [`engine`]: the process-wide wasmtime engine (instance pool, epoch ticker, cache);
+//! - [`component`]: loading a component, checking it against the world, pre-instantiating it;
+//! - [`limits`]: the one table of per-task limits (pool slots, store limiter, memory cap);
+//! - [`capabilities`]: what an activity grants its guest (env, read-only directories);
+//! - [`store`]: one task's store (WASI context, host state, limiter, deadline);
+//! - [`host_api`]: the functions guests import (`log`, `heartbeat`) and interruption;
+//! - [`output_capture`]: the bounded tails of a guest's stdout and stderr;
+//! - [`run`]: running one task to its end;
+//! - [`outcome`]: the outcome rules (README's table): how a run's end becomes a report;
+//! - [`bindings`]: host bindings generated from `wit/`.
+
+pub mod bindings;
+pub mod capabilities;
+pub mod component;
+pub mod engine;
+pub mod host_api;
+pub mod limits;
+pub mod outcome;
+pub mod output_capture;
+pub mod run;
+pub mod store;
+
+pub use capabilities::Grants;
+pub use component::{Guest, Runtime, WORLD};
+pub use limits::TaskLimits;
+pub use outcome::{Outcome, TaskEnd};
+pub use run::{HandlerFuture, Task, TaskHandler, TaskStats};

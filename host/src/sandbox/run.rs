@@ -1,0 +1,150 @@
+//! Running one task: a fresh store of a pre-instantiated component, `handle` called with the
+//! task's input, raced against the deadline and the worker's interrupt; how it stopped goes
+//! to the outcome rules ([`crate::sandbox::outcome`]).
+
+use crate::sandbox::bindings::sfn::activity::types::TaskContext;
+use crate::sandbox::bindings::HandlerPre;
+use crate::sandbox::capabilities::Grants;
+use crate::sandbox::host_api::{Heartbeat, HostState, Interrupt};
+use crate::sandbox::limits::{TaskLimits, OUTPUT_TAIL_BYTES};
+use crate::sandbox::outcome::{RunFacts, RunStop, TaskEnd};
+use crate::sandbox::output_capture::TailCapture;
+use crate::sandbox::store::{new_store, StoreSetup, TaskState};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::Store;
+
+/// One task to run.
+#[derive(Clone)]
+pub struct Task {
+    /// The task's JSON input text.
+    pub input: String,
+    /// ARN of the activity the task came from.
+    pub activity_arn: Arc<str>,
+    /// The worker's name.
+    pub worker_name: Arc<str>,
+    /// Log-correlation id derived from the task token
+    /// (see [`crate::worker::sfn::ActivityTask::task_id`]).
+    pub task_id: String,
+    /// Where the guest's heartbeats go.
+    pub heartbeat: Arc<dyn Heartbeat>,
+    /// Lets the worker stop the task early.
+    pub interrupt: Interrupt,
+}
+
+/// Figures about one finished task, for logs and benchmarks.
+#[derive(Debug, Clone)]
+pub struct TaskStats {
+    /// Wall-clock time from store creation to the end.
+    pub elapsed: Duration,
+    /// Peak linear memory the guest held, in bytes.
+    pub peak_memory: u64,
+    /// Heartbeats the guest asked for.
+    pub heartbeats: u64,
+    /// The tail of the guest's stdout.
+    pub stdout_tail: String,
+    /// The tail of the guest's stderr.
+    pub stderr_tail: String,
+}
+
+/// The future a [`TaskHandler`] returns.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = (TaskEnd, TaskStats)> + Send + 'a>>;
+
+/// What runs an activity's tasks: a wasm [`crate::sandbox::Guest`] in production;
+/// benchmarks plug in native code to measure the worker's own ceiling.
+pub trait TaskHandler: Send + Sync {
+    /// Runs one task to its end.
+    fn run<'a>(
+        &'a self,
+        task: Task,
+        limits: &'a TaskLimits,
+        grants: &'a Grants,
+    ) -> HandlerFuture<'a>;
+
+    /// What to call the handler in logs (for a guest, its component's path).
+    fn describe(&self) -> String;
+}
+
+/// Runs `task` in a fresh store of `pre`'s component and maps how it stopped to a [`TaskEnd`].
+pub(crate) async fn run_task(
+    pre: &HandlerPre<TaskState>,
+    task: Task,
+    limits: &TaskLimits,
+    grants: &Grants,
+) -> (TaskEnd, TaskStats) {
+    let started = Instant::now();
+    let stdout = TailCapture::new(OUTPUT_TAIL_BYTES);
+    let stderr = TailCapture::new(OUTPUT_TAIL_BYTES);
+    let setup = StoreSetup {
+        limits,
+        grants,
+        stdout: &stdout,
+        stderr: &stderr,
+        deadline: started + limits.timeout,
+        host: HostState::new(
+            task.activity_arn.clone(),
+            task.task_id.clone(),
+            task.heartbeat.clone(),
+            task.interrupt.clone(),
+        ),
+    };
+    let (stop, store) = match new_store(pre.engine(), setup) {
+        Ok(mut store) => (
+            call_guest(pre, &mut store, &task, limits).await,
+            Some(store),
+        ),
+        Err(err) => (RunStop::SetupFailed(err), None),
+    };
+    let state = store.as_ref().map(Store::data);
+    let facts = RunFacts {
+        limits,
+        refused_memory: state.and_then(|s| s.limiter().refused()),
+        interrupt: task.interrupt.reason(),
+        stderr_tail: stderr.tail_text(),
+    };
+    let stats = TaskStats {
+        elapsed: started.elapsed(),
+        peak_memory: state.map_or(0, |s| s.limiter().peak()),
+        heartbeats: state.map_or(0, |s| s.host().heartbeats_requested()),
+        stdout_tail: stdout.tail_text(),
+        stderr_tail: facts.stderr_tail.clone(),
+    };
+    (TaskEnd::from_stop(stop, &facts), stats)
+}
+
+/// Instantiates the component and calls `handle`. The epoch callback stops a guest that
+/// computes; the race here stops one blocked in a host call.
+async fn call_guest(
+    pre: &HandlerPre<TaskState>,
+    store: &mut Store<TaskState>,
+    task: &Task,
+    limits: &TaskLimits,
+) -> RunStop {
+    let context = TaskContext {
+        activity_arn: task.activity_arn.to_string(),
+        worker_name: task.worker_name.to_string(),
+        task_id: task.task_id.clone(),
+        deadline_ms: limits.timeout.as_millis() as u64,
+    };
+    let deadline = store.data().deadline();
+    let call = async {
+        let handler = match pre.instantiate_async(&mut *store).await {
+            Ok(handler) => handler,
+            Err(err) => return RunStop::InstantiationError(err),
+        };
+        match handler
+            .call_handle(&mut *store, &task.input, &context)
+            .await
+        {
+            Ok(returned) => RunStop::Returned(returned),
+            Err(err) => RunStop::CallError(err),
+        }
+    };
+    tokio::select! {
+        stop = call => stop,
+        _ = tokio::time::sleep_until(deadline.into()) => RunStop::DeadlinePassed,
+        reason = task.interrupt.triggered() => RunStop::Interrupted(reason),
+    }
+}

@@ -1,0 +1,193 @@
+//! The Step Functions worker: per activity, `pollers` long polls, each holding a free task
+//! slot before it polls; each task runs in its own sandbox, is heartbeated, and is reported
+//! exactly once; shutdown stops new polls, runs what open polls bring and drains.
+//!
+//! - [`sfn`]: the Step Functions client and its errors, sorted by what to do about them;
+//! - `poller`: one long-poll loop and the activity's slots;
+//! - `task`: one task's lifecycle (sandbox, heartbeat, report, log line);
+//! - `heartbeat`: SendTaskHeartbeat on an interval and on the guest's request;
+//! - `report`: SendTaskSuccess/SendTaskFailure with retries;
+//! - [`stats`]: the counters; [`backoff`]: retry delays; [`shutdown`]: signals.
+
+pub mod backoff;
+mod heartbeat;
+mod poller;
+mod report;
+pub mod sfn;
+pub mod shutdown;
+pub mod stats;
+mod task;
+
+pub use heartbeat::GUEST_HEARTBEAT_MIN_GAP;
+pub use report::REPORT_DEADLINE;
+pub use stats::{StatsSnapshot, WorkerStats};
+
+use crate::config::{ActivityConfig, Config};
+use crate::sandbox::{Grants, Runtime, TaskHandler, TaskLimits};
+use anyhow::{bail, Context as _, Result};
+use sfn::SfnClient;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// One served activity: its handler, limits and state.
+struct Activity {
+    arn: Arc<str>,
+    handler: Arc<dyn TaskHandler>,
+    limits: TaskLimits,
+    grants: Grants,
+    config: ActivityConfig,
+    /// Set when Step Functions says the activity does not exist: its pollers stop.
+    stopped: AtomicBool,
+}
+
+/// What every poller and task shares.
+struct Shared {
+    client: SfnClient,
+    worker_name: Arc<str>,
+    stats: Arc<WorkerStats>,
+    /// Cancelled on shutdown: no new polls.
+    shutdown: CancellationToken,
+    /// Cancelled when the drain timeout has ended: running tasks are stopped at once.
+    drain_expired: CancellationToken,
+}
+
+/// The worker: activities with loaded components, a Step Functions client, counters.
+pub struct Worker {
+    activities: Vec<Arc<Activity>>,
+    client: SfnClient,
+    worker_name: Arc<str>,
+    drain_timeout: Duration,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// Validates `config`, then loads and checks every activity's component with `runtime`;
+    /// fails before any poll if one does not load, naming the activity.
+    pub fn new(runtime: &Runtime, config: &Config, client: SfnClient) -> Result<Worker> {
+        config.validate()?;
+        let mut handlers: Vec<Arc<dyn TaskHandler>> = Vec::new();
+        for activity in &config.activities {
+            let guest = runtime
+                .load(&activity.component)
+                .with_context(|| format!("activity {}: key `component`", activity.arn))?;
+            handlers.push(Arc::new(guest));
+        }
+        Worker::with_handlers(config, handlers, client)
+    }
+
+    /// A worker whose activities (in `config` order) run their tasks with `handlers`
+    /// instead of their components: how benchmarks measure the worker's own ceiling.
+    pub fn with_handlers(
+        config: &Config,
+        handlers: Vec<Arc<dyn TaskHandler>>,
+        client: SfnClient,
+    ) -> Result<Worker> {
+        if handlers.len() != config.activities.len() {
+            bail!(
+                "{} handlers for {} activities",
+                handlers.len(),
+                config.activities.len()
+            );
+        }
+        let activities = config
+            .activities
+            .iter()
+            .zip(handlers)
+            .map(|(activity, handler)| {
+                Arc::new(Activity {
+                    arn: activity.arn.as_str().into(),
+                    handler,
+                    limits: activity.limits(),
+                    grants: activity.grants(),
+                    config: activity.clone(),
+                    stopped: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        Ok(Worker {
+            activities,
+            client,
+            worker_name: config.worker_name().into(),
+            drain_timeout: config.drain_timeout(),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The worker's counters (shared; they keep counting while it runs).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Serves every activity until `shutdown` is cancelled, then drains. Errors when every
+    /// activity has stopped because Step Functions does not know it.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<StatsSnapshot> {
+        let shared = Arc::new(Shared {
+            client: self.client,
+            worker_name: self.worker_name,
+            stats: self.stats,
+            shutdown: shutdown.clone(),
+            drain_expired: CancellationToken::new(),
+        });
+        let mut pollers = JoinSet::new();
+        let tasks = TaskTracker::new();
+        for activity in &self.activities {
+            let slots = Arc::new(Semaphore::new(activity.config.max_concurrency as usize));
+            tracing::info!(
+                activity = %activity.arn,
+                handler = %activity.handler.describe(),
+                max_concurrency = activity.config.max_concurrency,
+                pollers = activity.config.pollers,
+                worker = %shared.worker_name,
+                "serving activity"
+            );
+            for _ in 0..activity.config.pollers {
+                pollers.spawn(poller::poll_loop(
+                    shared.clone(),
+                    activity.clone(),
+                    slots.clone(),
+                    tasks.clone(),
+                ));
+            }
+        }
+
+        // Pollers only end on shutdown or when their activity is unknown: if they all end
+        // first, no activity is left.
+        let stopped_by_errors = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => false,
+            _ = async { while pollers.join_next().await.is_some() {} } => true,
+        };
+
+        // Each poller stops after its current poll returns; what it brings still runs.
+        let drain = async {
+            while pollers.join_next().await.is_some() {}
+            tasks.close();
+            tasks.wait().await;
+        };
+        tokio::pin!(drain);
+        let in_time = tokio::select! {
+            _ = &mut drain => true,
+            _ = tokio::time::sleep(self.drain_timeout) => false,
+        };
+        if !in_time {
+            tracing::warn!(
+                tasks = tasks.len(),
+                drain_timeout = %humantime::format_duration(self.drain_timeout),
+                "drain timeout reached: failing running tasks with Worker.ShuttingDown so they are retried"
+            );
+            shared.drain_expired.cancel();
+            drain.await;
+        }
+        let stats = shared.stats.snapshot();
+        stats.log("worker stopped");
+        if stopped_by_errors {
+            bail!("no activity left to serve: Step Functions does not know any of them (see the errors above)");
+        }
+        Ok(stats)
+    }
+}

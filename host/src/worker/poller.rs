@@ -1,0 +1,82 @@
+//! One poller: take a free slot of the activity, long-poll GetActivityTask, hand the task
+//! to its own tokio task (which keeps the slot until it has reported), repeat.
+
+use crate::worker::backoff::Backoff;
+use crate::worker::sfn::ApiError;
+use crate::worker::stats::bump;
+use crate::worker::{task, Activity, Shared};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// Backoff after a failed poll: first retry within 0.1–0.2 s, at most 30 s apart.
+const POLL_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
+
+/// Polls for `activity` until shutdown, or until Step Functions says the activity does not
+/// exist. A poll in flight is never aborted: a task it brings must run, not be lost until
+/// its timeout.
+pub(crate) async fn poll_loop(
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+) {
+    let mut backoff = Backoff::new(POLL_BACKOFF.0, POLL_BACKOFF.1);
+    loop {
+        if shared.shutdown.is_cancelled() || activity.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+            _ = shared.shutdown.cancelled() => return,
+        };
+        match shared.client.poll(&activity.arn, &shared.worker_name).await {
+            Ok(received) => {
+                bump(&shared.stats.polls);
+                if backoff.attempts() > 0 {
+                    tracing::info!(activity = %activity.arn, failed_polls = backoff.attempts(), "polling recovered");
+                    backoff.reset();
+                }
+                if let Some(received) = received {
+                    let (shared, activity) = (shared.clone(), activity.clone());
+                    tasks.spawn(async move {
+                        task::run_task(&shared, &activity, received).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(ApiError::ActivityGone(message)) => {
+                bump(&shared.stats.poll_errors);
+                if !activity.stopped.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        activity = %activity.arn,
+                        error = %message,
+                        "Step Functions does not know this activity; no longer polling it \
+                         (create it, or fix its arn in the config)"
+                    );
+                }
+                return;
+            }
+            Err(err) => {
+                bump(&shared.stats.poll_errors);
+                drop(permit);
+                let delay = backoff.next_delay();
+                if backoff.attempts() == 1 {
+                    tracing::warn!(
+                        activity = %activity.arn,
+                        error = %err,
+                        "GetActivityTask failed; retrying with backoff (logged once per streak)"
+                    );
+                } else {
+                    tracing::debug!(activity = %activity.arn, error = %err, ?delay, "GetActivityTask failed again");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shared.shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}

@@ -4,9 +4,9 @@
 #   guest/build.sh                 # every guest
 #   guest/build.sh rust-order ...  # just these
 #
-# Guests: rust-order, adversary (Rust), python-order (componentize-py), js-order (jco),
-# c-order (clang + wasi-libc + wit-bindgen c). The toolchains are installed by
-# .ci/install-tools (which says why each step is as it is).
+# Guests: rust-order, rust-fetch, adversary, http-probe (Rust), python-order, python-fetch
+# (componentize-py), js-order, js-fetch (jco), c-order (clang + wasi-libc + wit-bindgen c).
+# The toolchains are installed by .ci/install-tools (which says why each step is as it is).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +14,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary python-order js-order c-order)
+all=(rust-order adversary http-probe rust-fetch python-order python-fetch js-order js-fetch c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -41,19 +41,26 @@ build_rust() {
     cp "$work/rust/wasm32-wasip2/release/${crate//-/_}.wasm" "$out/$crate.wasm"
 }
 
+# Python guests: componentize-py against the world the guest needs (`handler`, or
+# `handler-http` for guests that call out).
 build_python() {
+    local name=$1 world=$2
     need componentize-py
-    componentize-py -d "$repo/wit" -w handler componentize app \
-        -p "$repo/guest/examples/python-order" -o "$out/python-order.wasm" >/dev/null
+    componentize-py -d "$repo/wit" -w "$world" componentize app \
+        -p "$repo/guest/examples/$name" -o "$out/$name.wasm" >/dev/null
 }
 
+# JavaScript guests: the jco pinned in guest/js-toolchain. `-d http` removes StarlingMonkey's
+# HTTP client from guests that make no requests (they then import no wasi:http).
 build_js() {
-    local dir="$repo/guest/examples/js-order"
+    local name=$1 world=$2 toolchain="$repo/guest/js-toolchain"
     need npm
-    [ -x "$dir/node_modules/.bin/jco" ] || (cd "$dir" && npm ci --no-audit --no-fund --silent)
-    # No wasi:http: the host grants no network.
-    (cd "$dir" && ./node_modules/.bin/jco componentize app.js --wit "$repo/wit" -n handler -d http fetch-event \
-        -o "$out/js-order.wasm" >/dev/null)
+    [ -x "$toolchain/node_modules/.bin/jco" ] ||
+        (cd "$toolchain" && npm ci --no-audit --no-fund --silent)
+    local disable=(-d fetch-event)
+    [ "$world" = handler ] && disable=(-d http fetch-event)
+    (cd "$repo/guest/examples/$name" && "$toolchain/node_modules/.bin/jco" componentize app.js \
+        --wit "$repo/wit" -n "$world" "${disable[@]}" -o "$out/$name.wasm" >/dev/null)
 }
 
 # The preview1 reactor adapter turns wasi-libc's preview1 imports into WASI p2; it ships in
@@ -83,9 +90,11 @@ build_c() {
 for guest in "$@"; do
     note "building $guest"
     case "$guest" in
-        rust-order | adversary) build_rust "$guest" ;;
-        python-order) build_python ;;
-        js-order) build_js ;;
+        rust-order | adversary | http-probe | rust-fetch) build_rust "$guest" ;;
+        python-order) build_python python-order handler ;;
+        python-fetch) build_python python-fetch handler-http ;;
+        js-order) build_js js-order handler ;;
+        js-fetch) build_js js-fetch handler-http ;;
         c-order) build_c ;;
         *)
             note "unknown guest '$guest' (known: ${all[*]})"

@@ -197,6 +197,41 @@ fn check_accepts_a_good_component_and_lists_its_imports() {
 }
 
 #[test]
+fn check_says_whether_a_component_calls_out_over_http() {
+    let calls_out = guest_path("http-probe");
+    let out = worker(&["check", calls_out.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let line = text
+        .lines()
+        .find(|line| line.contains("wasi:http/outgoing-handler@0.2"))
+        .unwrap_or_else(|| panic!("no wasi:http import listed: {text}"));
+    assert!(line.contains("allowed_outbound_hosts"), "{line}");
+
+    let computes = guest_path("rust-order");
+    let out = worker(&["check", computes.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("wasi:http"), "{text}");
+}
+
+#[test]
+fn invoke_allow_outbound_refuses_a_malformed_origin() {
+    let guest = guest_path("http-probe");
+    let out = worker(
+        &[
+            "invoke",
+            guest.to_str().unwrap(),
+            "--input",
+            "{}",
+            "--allow-outbound",
+            "api.example.com",
+        ],
+        None,
+    );
+    assert_usage_error(&out, "scheme://host[:port]");
+}
+
+#[test]
 fn check_rejects_a_component_without_handle() {
     let dir = tempfile::tempdir().unwrap();
     let empty = wat_component(dir.path(), "empty.wasm", "(component)");

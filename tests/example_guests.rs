@@ -121,3 +121,44 @@ async fn javascript_example_prices_and_validates_orders() {
 async fn c_example_prices_and_validates_orders() {
     check_example(EXAMPLES[3]).await;
 }
+
+/// The three fetch examples (Rust, Python, JavaScript; guest/examples/README.md) call a real
+/// HTTP service the same way, and fail the same way when the activity does not allow it.
+#[tokio::test]
+async fn fetch_examples_call_an_allowed_service_and_fail_on_a_denied_one() {
+    use sfn_wasm_worker::sandbox::outbound::policy::Allowlist;
+    use sfn_wasm_worker::sandbox::outbound::{OutboundGrant, OutboundLimits};
+    let service = common::http_service::HttpService::start().await;
+    let allowed = Grants {
+        outbound: Arc::new(OutboundGrant::new(
+            Allowlist::parse(&[service.origin()]).unwrap(),
+            OutboundLimits::default(),
+        )),
+        ..Grants::default()
+    };
+    let get = json!({"url": format!("{}/echo", service.origin())});
+    let post = json!({"url": format!("{}/echo", service.origin()), "method": "POST", "body": {"sku": "pen"}});
+    for example in ["rust-fetch", "python-fetch", "js-fetch"] {
+        let run = |input: &Value, grants: &Grants| {
+            let (task, _) = task(&input.to_string());
+            let grants = grants.clone();
+            async move {
+                match guest(example).run(task, &limits(), &grants).await {
+                    (TaskEnd::Report(outcome), _) => outcome,
+                    (TaskEnd::Abandoned(why), _) => panic!("{example}: abandoned: {why}"),
+                }
+            }
+        };
+        let got = expect_success(&run(&get, &allowed).await);
+        assert_eq!(got["status"], 200, "{example}: {got}");
+        assert_eq!(got["body"]["method"], "GET", "{example}: {got}");
+        let got = expect_success(&run(&post, &allowed).await);
+        assert_eq!(got["body"]["method"], "POST", "{example}: {got}");
+        let sent: Value = serde_json::from_str(got["body"]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(sent, json!({"sku": "pen"}), "{example}: {got}");
+        let denied = run(&get, &Grants::default()).await;
+        let cause = expect_failure(&denied, "Fetch.RequestFailed");
+        assert!(cause.contains(&service.origin()), "{example}: {cause}");
+    }
+    assert_eq!(service.requests(), 6);
+}

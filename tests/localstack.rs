@@ -1,7 +1,8 @@
 //! End to end against LocalStack's Step Functions (a real ASL interpreter): activities and
 //! state machines (with Retry on Worker.ShuttingDown and a Catch), executions, the worker
 //! binary serving the example guests from a TOML config, DescribeExecution asserted, and a
-//! SIGTERM that drains (an execution started after it still runs on the open poll).
+//! SIGTERM that drains (an execution started after it still runs on the open poll), and a
+//! guest calling a local HTTP service its activity allows.
 //!
 //! LocalStack is started (and stopped) by this test through tests/localstack.sh, on port
 //! 4599 so a LocalStack of your own on 4566 is not disturbed; names are unique per run.
@@ -9,55 +10,13 @@
 mod common;
 
 use aws_sdk_sfn::types::ExecutionStatus;
+use common::localstack::{wait_for_execution, LocalStack, WorkerProcess};
 use common::*;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const PORT: &str = "4599";
-
-/// Stops the LocalStack this test started, if it started one.
-struct LocalStack {
-    pid: Option<String>,
-}
-
-impl LocalStack {
-    fn start() -> LocalStack {
-        let output = Command::new(repo_root().join("tests/localstack.sh"))
-            .arg("start")
-            .env("LOCALSTACK_PORT", PORT)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running tests/localstack.sh");
-        assert!(
-            output.status.success(),
-            "LocalStack did not start (see above)"
-        );
-        let pid = String::from_utf8(output.stdout).unwrap().trim().to_string();
-        LocalStack {
-            pid: (!pid.is_empty()).then_some(pid),
-        }
-    }
-}
-
-impl Drop for LocalStack {
-    fn drop(&mut self) {
-        if let Some(pid) = &self.pid {
-            let _ = Command::new(repo_root().join("tests/localstack.sh"))
-                .args(["stop", pid])
-                .status();
-        }
-    }
-}
-
-/// Kills the worker if the test fails before it is stopped.
-struct WorkerProcess(Child);
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
 
 fn state_machine(activity_arn: &str) -> String {
     json!({
@@ -82,34 +41,13 @@ fn state_machine(activity_arn: &str) -> String {
     .to_string()
 }
 
-async fn wait_for_execution(
-    client: &aws_sdk_sfn::Client,
-    arn: &str,
-) -> aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let execution = client
-            .describe_execution()
-            .execution_arn(arn)
-            .send()
-            .await
-            .unwrap();
-        if execution.status != ExecutionStatus::Running {
-            return execution;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "execution {arn} still running after 90 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     // Build what the worker needs before starting anything.
-    let guests = ["rust-order", "python-order", "adversary"].map(guest_path);
-    let _localstack = LocalStack::start();
+    let names = ["rust-order", "python-order", "adversary", "python-fetch"];
+    let guests = names.map(guest_path);
+    let service = common::http_service::HttpService::start().await;
+    let _localstack = LocalStack::start(PORT);
     let endpoint = format!("http://127.0.0.1:{PORT}");
     let sdk = sfn_fake::local_sdk_config(&endpoint).await;
     let client = aws_sdk_sfn::Client::new(&sdk);
@@ -124,10 +62,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     );
     let mut activities = Vec::new();
     let mut machines = Vec::new();
-    for (guest, path) in ["rust-order", "python-order", "adversary"]
-        .iter()
-        .zip(&guests)
-    {
+    for (guest, path) in names.iter().zip(&guests) {
         let name = format!("e2e-{guest}-{run_id}");
         let activity = client
             .create_activity()
@@ -159,6 +94,8 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
             path.display()
         );
     }
+    // Only the fetch guest may call the local service.
+    config += &format!("allowed_outbound_hosts = [\"{}\"]\n", service.origin());
     let config_path = dir.path().join("worker.toml");
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.path().join("worker.log");
@@ -182,6 +119,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         (1, order.clone()),
         (1, bad_order.clone()),
         (2, json!({"behaviour": "panic"})),
+        (3, json!({"url": format!("{}/echo", service.origin())})),
     ];
     let mut executions = Vec::new();
     for (machine, input) in &cases {
@@ -235,6 +173,18 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     );
     let output: Value = serde_json::from_str(caught.output.as_deref().unwrap()).unwrap();
     assert_eq!(output["guest_error"]["Error"], "Wasm.Trap", "{output}");
+    let fetched = &results[5];
+    assert_eq!(
+        fetched.status,
+        ExecutionStatus::Succeeded,
+        "the fetch guest: {fetched:?}\n{}",
+        context()
+    );
+    let output: Value = serde_json::from_str(fetched.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["status"], 200, "{output}");
+    assert_eq!(output["body"]["method"], "GET", "{output}");
+    assert_eq!(service.requests(), 1);
+    // Each activity's open poll gets one late execution below, so that every poll returns.
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -249,6 +199,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         order.clone(),
         order.clone(),
         json!({"behaviour": "echo", "late": true}),
+        json!({"url": format!("{}/echo", service.origin())}),
     ];
     let mut late = Vec::new();
     for (machine, input) in machines.iter().zip(&late_inputs) {

@@ -236,6 +236,7 @@ async fn granted_env_and_read_only_dir_are_visible() {
     let grants = Grants {
         env: vec![("REGION".into(), "eu-west-1".into())],
         read_only_dirs: vec![(dir.path().to_path_buf(), "/data".into())],
+        ..Grants::default()
     };
     let (read_file, _) =
         task(&json!({"behaviour": "read-file", "path": "/data/input.txt"}).to_string());

@@ -74,10 +74,7 @@ impl TaskHandler for NativeHandler {
             };
             let stats = TaskStats {
                 elapsed: started.elapsed(),
-                peak_memory: 0,
-                heartbeats: 0,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
+                ..TaskStats::default()
             };
             (TaskEnd::Report(outcome), stats)
         })

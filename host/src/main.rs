@@ -11,6 +11,7 @@ use sfn_wasm_worker::config::{
 };
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
+use sfn_wasm_worker::sandbox::outbound::policy::AllowedOrigin;
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, WORLD};
 use sfn_wasm_worker::worker::sfn::{self, SfnClient};
 use sfn_wasm_worker::worker::{shutdown, Worker};
@@ -97,7 +98,7 @@ enum Command {
 
 /// The `run` flags that describe the one activity of `--activity-arn`: refused with `--config`,
 /// whose file describes its activities itself.
-const SINGLE_ACTIVITY_FLAGS: [&str; 7] = [
+const SINGLE_ACTIVITY_FLAGS: [&str; 8] = [
     "activity_arn",
     "component",
     "max_concurrency",
@@ -105,6 +106,7 @@ const SINGLE_ACTIVITY_FLAGS: [&str; 7] = [
     "timeout",
     "memory_limit",
     "heartbeat_interval",
+    "allow_outbound",
 ];
 
 #[derive(Args)]
@@ -129,6 +131,10 @@ struct RunArgs {
     /// With --activity-arn: heartbeat every in-flight task at this interval [default: off]
     #[arg(long)]
     heartbeat_interval: Option<HumanDuration>,
+    /// With --activity-arn: let the guest send HTTP requests to this origin, e.g.
+    /// `https://api.example.com` or `https://*.example.com` (repeatable) [default: none]
+    #[arg(long, value_name = "URL")]
+    allow_outbound: Vec<AllowedOrigin>,
     /// The workerName sent on polls (overrides `[worker] name`) [default: hostname-pid]
     #[arg(long)]
     worker_name: Option<String>,
@@ -181,6 +187,10 @@ struct InvokeArgs {
     /// Grant read-only access to a host directory (repeatable)
     #[arg(long = "dir", value_name = "HOST_PATH:GUEST_PATH", value_parser = parse_dir_grant)]
     dirs: Vec<(PathBuf, String)>,
+    /// Let the guest send HTTP requests to this origin, e.g. `https://api.example.com`,
+    /// `https://*.example.com` or `http://127.0.0.1:8080` (repeatable)
+    #[arg(long, value_name = "URL")]
+    allow_outbound: Vec<AllowedOrigin>,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -260,6 +270,7 @@ fn run_config(args: &RunArgs) -> Result<Config> {
             activity.timeout = Some(args.limits.timeout);
             activity.memory_limit = Some(args.limits.memory_limit);
             activity.heartbeat_interval = args.heartbeat_interval;
+            activity.allowed_outbound_hosts = args.allow_outbound.clone();
             Config {
                 worker: Default::default(),
                 activities: vec![activity],
@@ -317,6 +328,7 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     activity.memory_limit = Some(args.limits.memory_limit);
     activity.env = args.env.into_iter().collect();
     activity.read_only_dirs = args.dirs.into_iter().collect();
+    activity.allowed_outbound_hosts = args.allow_outbound;
     let limits = activity.limits();
     let runtime = Runtime::new(&EngineSettings {
         max_concurrent_tasks: 1,
@@ -350,6 +362,8 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         elapsed_ms = stats.elapsed.as_secs_f64() * 1e3,
         peak_memory = stats.peak_memory,
         heartbeats = heartbeat.count(),
+        outbound_requests = stats.outbound_requests,
+        outbound_denied = stats.outbound_denied,
         "task finished"
     );
     let TaskEnd::Report(outcome) = end else {

@@ -2,6 +2,9 @@
 //! per test binary, and task construction.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod http_service;
+pub mod localstack;
+
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::outcome::Outcome;

@@ -1,7 +1,8 @@
 // Example guest in JavaScript: validates an order and prices it.
 //
-// Same contract as every example (guest/examples/README.md). Build (in this directory):
-//   npm ci && npx jco componentize app.js --wit ../../../wit -n handler -o js-order.wasm
+// Same contract as every example (guest/examples/README.md). Build (in this directory, with
+// the jco of guest/js-toolchain):
+//   jco componentize app.js --wit ../../../wit -n handler -d http fetch-event -o js-order.wasm
 import { heartbeat, log } from "sfn:activity/host@0.1.0";
 
 class InvalidOrder extends Error {}

@@ -8,11 +8,14 @@
 
 pub mod units;
 
+use crate::sandbox::outbound::policy::AllowedOrigin;
+use crate::sandbox::outbound::{OutboundGrant, OutboundLimits};
 use crate::sandbox::{Grants, TaskLimits};
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use units::{ByteSize, HumanDuration};
 
@@ -87,6 +90,22 @@ pub struct ActivityConfig {
     /// Host directories the guest may read: host path → path inside the guest.
     #[serde(default)]
     pub read_only_dirs: BTreeMap<PathBuf, String>,
+    /// Origins the guest may send HTTP requests to: `scheme://host[:port]`, with `*.`
+    /// subdomain wildcards (default: none).
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<AllowedOrigin>,
+    /// Time an outbound request may take to connect (default 5s).
+    pub outbound_connect_timeout: Option<HumanDuration>,
+    /// Time from an outbound request to its response's first byte (default 30s).
+    pub outbound_first_byte_timeout: Option<HumanDuration>,
+    /// Time a whole outbound request may take, never past the task's deadline (default 60s).
+    pub outbound_request_timeout: Option<HumanDuration>,
+    /// Bytes of an outbound response body a guest may read (default 10MiB).
+    pub max_response_bytes: Option<ByteSize>,
+    /// Outbound requests one task may send (default 100).
+    pub max_outbound_requests_per_task: Option<u32>,
+    /// Outbound requests of this activity's tasks in flight at once (default 64).
+    pub max_outbound_in_flight: Option<u32>,
 }
 
 fn default_max_concurrency() -> u32 {
@@ -110,6 +129,13 @@ impl ActivityConfig {
             heartbeat_interval: None,
             env: BTreeMap::new(),
             read_only_dirs: BTreeMap::new(),
+            allowed_outbound_hosts: Vec::new(),
+            outbound_connect_timeout: None,
+            outbound_first_byte_timeout: None,
+            outbound_request_timeout: None,
+            max_response_bytes: None,
+            max_outbound_requests_per_task: None,
+            max_outbound_in_flight: None,
         }
     }
 
@@ -121,11 +147,39 @@ impl ActivityConfig {
         }
     }
 
-    /// The capabilities granted to the guest.
+    /// The limits on the guest's outbound requests, with their defaults.
+    pub fn outbound_limits(&self) -> OutboundLimits {
+        let defaults = OutboundLimits::default();
+        let duration = |value: Option<HumanDuration>, default| value.map_or(default, |d| d.0);
+        OutboundLimits {
+            connect_timeout: duration(self.outbound_connect_timeout, defaults.connect_timeout),
+            first_byte_timeout: duration(
+                self.outbound_first_byte_timeout,
+                defaults.first_byte_timeout,
+            ),
+            request_timeout: duration(self.outbound_request_timeout, defaults.request_timeout),
+            max_response_bytes: self
+                .max_response_bytes
+                .map_or(defaults.max_response_bytes, |b| b.0),
+            max_requests_per_task: self
+                .max_outbound_requests_per_task
+                .unwrap_or(defaults.max_requests_per_task),
+            max_in_flight: self
+                .max_outbound_in_flight
+                .unwrap_or(defaults.max_in_flight),
+        }
+    }
+
+    /// The capabilities granted to the guest. Each call makes a new outbound grant (with its
+    /// own in-flight bound): call it once per activity.
     pub fn grants(&self) -> Grants {
         Grants {
             env: self.env.clone().into_iter().collect(),
             read_only_dirs: self.read_only_dirs.clone().into_iter().collect(),
+            outbound: Arc::new(OutboundGrant::new(
+                self.allowed_outbound_hosts.clone().into(),
+                self.outbound_limits(),
+            )),
         }
     }
 }
@@ -204,6 +258,31 @@ impl Config {
             if let Some(HumanDuration(interval)) = activity.heartbeat_interval {
                 if interval < Duration::from_secs(1) {
                     bail!("{at}: key `heartbeat_interval` must be at least 1s");
+                }
+            }
+            let outbound = activity.outbound_limits();
+            for (key, zero) in [
+                (
+                    "outbound_connect_timeout",
+                    outbound.connect_timeout.is_zero(),
+                ),
+                (
+                    "outbound_first_byte_timeout",
+                    outbound.first_byte_timeout.is_zero(),
+                ),
+                (
+                    "outbound_request_timeout",
+                    outbound.request_timeout.is_zero(),
+                ),
+                ("max_response_bytes", outbound.max_response_bytes == 0),
+                (
+                    "max_outbound_requests_per_task",
+                    outbound.max_requests_per_task == 0,
+                ),
+                ("max_outbound_in_flight", outbound.max_in_flight == 0),
+            ] {
+                if zero {
+                    bail!("{at}: key `{key}` must be more than 0");
                 }
             }
             for host in activity.read_only_dirs.keys() {

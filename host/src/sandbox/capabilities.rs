@@ -1,8 +1,11 @@
 //! What a guest may reach beyond pure computation, granted per activity: environment
-//! variables and read-only directories. Nothing by default; networking is off.
+//! variables, read-only directories and outbound HTTP to listed origins. Nothing by default;
+//! sockets are off.
 
+use crate::sandbox::outbound::OutboundGrant;
 use crate::sandbox::output_capture::TailCapture;
 use std::path::PathBuf;
+use std::sync::Arc;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 /// Capabilities granted to a guest. Nothing by default.
@@ -12,6 +15,8 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// Host directories the guest may read: (host path, path inside the guest).
     pub read_only_dirs: Vec<(PathBuf, String)>,
+    /// Origins the guest may send HTTP requests to, and the limits on them.
+    pub outbound: Arc<OutboundGrant>,
 }
 
 impl Grants {

@@ -12,8 +12,9 @@ use anyhow::{bail, Context as _, Result};
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::Engine;
+use wasmtime::StoreContextMut;
 
 /// The world every guest must implement, as named in `wit/`.
 pub const WORLD: &str = "sfn:activity/handler@0.1.0";
@@ -65,6 +66,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI p2")?;
+        link_http(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, store::host_state)
             .map_err(anyhow::Error::from)
             .context("linking the sfn:activity host interface")?;
@@ -184,6 +186,47 @@ impl TaskHandler for Guest {
     }
 }
 
+/// The `wasi:http` version this host implements (wit/deps/http); guests importing any
+/// earlier 0.2.x are linked to it too.
+const WASI_HTTP_OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
+
+/// Links `wasi:http/types` (the standard implementation) and `wasi:http/outgoing-handler`
+/// (guarded: each request is admitted by the activity's allowlist and limits first).
+fn link_http(linker: &mut Linker<TaskState>) -> Result<()> {
+    use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, RequestOptions};
+    use wasmtime_wasi_http::p2::bindings::{http, LinkOptions};
+    use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
+    type HandleResult = (std::result::Result<Resource<HostFutureIncomingResponse>, ErrorCode>,);
+
+    http::types::add_to_linker::<_, wasmtime_wasi_http::WasiHttp>(
+        linker,
+        &LinkOptions::default().into(),
+        <TaskState as wasmtime_wasi_http::WasiHttpView>::http,
+    )
+    .map_err(anyhow::Error::from)
+    .context("linking wasi:http/types")?;
+    linker
+        .instance(WASI_HTTP_OUTGOING_HANDLER)
+        .and_then(|mut handler| {
+            handler.func_wrap(
+                "handle",
+                |mut store: StoreContextMut<'_, TaskState>,
+                 (request, options): (
+                    Resource<HostOutgoingRequest>,
+                    Option<Resource<RequestOptions>>,
+                )|
+                 -> wasmtime::Result<HandleResult> {
+                    match store.data_mut().guarded_http().handle(request, options) {
+                        Ok(response) => Ok((Ok(response),)),
+                        Err(error) => error.downcast().map(|code| (Err(code),)),
+                    }
+                },
+            )
+        })
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:http/outgoing-handler")
+}
+
 /// Refuses core modules and non-wasm files with a message that says what to do instead.
 fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
     const MAGIC: &[u8] = b"\0asm";
@@ -217,7 +260,9 @@ fn item_kind(item: &ComponentItem) -> &'static str {
 }
 
 fn provider_of(import: &str) -> &'static str {
-    if import.starts_with("sfn:activity/") {
+    if import.starts_with("wasi:http/") {
+        "sfn-wasm-worker (outbound HTTP to the activity's allowed_outbound_hosts only)"
+    } else if import.starts_with("sfn:activity/") {
         "sfn-wasm-worker (log, heartbeat)"
     } else if import.starts_with("wasi:sockets/") {
         "WASI p2 (linked, but every network operation is denied)"

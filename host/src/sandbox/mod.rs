@@ -4,7 +4,9 @@
 //! - [`engine`]: the process-wide wasmtime engine (instance pool, epoch ticker, cache);
 //! - [`component`]: loading a component, checking it against the world, pre-instantiating it;
 //! - [`limits`]: the one table of per-task limits (pool slots, store limiter, memory cap);
-//! - [`capabilities`]: what an activity grants its guest (env, read-only directories);
+//! - [`capabilities`]: what an activity grants its guest (env, read-only directories,
+//!   outbound HTTP);
+//! - [`outbound`]: outbound HTTP (`wasi:http`): the allowlist, protected addresses, limits;
 //! - [`store`]: one task's store (WASI context, host state, limiter, deadline);
 //! - [`host_api`]: the functions guests import (`log`, `heartbeat`) and interruption;
 //! - [`output_capture`]: the bounded tails of a guest's stdout and stderr;
@@ -18,6 +20,7 @@ pub mod component;
 pub mod engine;
 pub mod host_api;
 pub mod limits;
+pub mod outbound;
 pub mod outcome;
 pub mod output_capture;
 pub mod run;

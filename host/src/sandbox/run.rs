@@ -7,6 +7,7 @@ use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::capabilities::Grants;
 use crate::sandbox::host_api::{Heartbeat, HostState, Interrupt};
 use crate::sandbox::limits::{TaskLimits, OUTPUT_TAIL_BYTES};
+use crate::sandbox::outbound::OutboundHooks;
 use crate::sandbox::outcome::{RunFacts, RunStop, TaskEnd};
 use crate::sandbox::output_capture::TailCapture;
 use crate::sandbox::store::{new_store, StoreSetup, TaskState};
@@ -35,7 +36,7 @@ pub struct Task {
 }
 
 /// Figures about one finished task, for logs and benchmarks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TaskStats {
     /// Wall-clock time from store creation to the end.
     pub elapsed: Duration,
@@ -43,6 +44,10 @@ pub struct TaskStats {
     pub peak_memory: u64,
     /// Heartbeats the guest asked for.
     pub heartbeats: u64,
+    /// Outbound HTTP requests the guest sent.
+    pub outbound_requests: u32,
+    /// Outbound HTTP requests the guest was denied.
+    pub outbound_denied: u32,
     /// The tail of the guest's stdout.
     pub stdout_tail: String,
     /// The tail of the guest's stderr.
@@ -77,12 +82,19 @@ pub(crate) async fn run_task(
     let started = Instant::now();
     let stdout = TailCapture::new(OUTPUT_TAIL_BYTES);
     let stderr = TailCapture::new(OUTPUT_TAIL_BYTES);
+    let deadline = started + limits.timeout;
     let setup = StoreSetup {
         limits,
         grants,
         stdout: &stdout,
         stderr: &stderr,
-        deadline: started + limits.timeout,
+        deadline,
+        outbound: OutboundHooks::new(
+            grants.outbound.clone(),
+            task.activity_arn.clone(),
+            task.task_id.clone(),
+            deadline,
+        ),
         host: HostState::new(
             task.activity_arn.clone(),
             task.task_id.clone(),
@@ -108,6 +120,8 @@ pub(crate) async fn run_task(
         elapsed: started.elapsed(),
         peak_memory: state.map_or(0, |s| s.limiter().peak()),
         heartbeats: state.map_or(0, |s| s.host().heartbeats_requested()),
+        outbound_requests: state.map_or(0, |s| s.outbound().sent()),
+        outbound_denied: state.map_or(0, |s| s.outbound().denied()),
         stdout_tail: stdout.tail_text(),
         stderr_tail: facts.stderr_tail.clone(),
     };

@@ -4,15 +4,19 @@
 use crate::sandbox::capabilities::Grants;
 use crate::sandbox::host_api::HostState;
 use crate::sandbox::limits::{MemoryLimiter, TaskLimits};
+use crate::sandbox::outbound::{GuardedView, OutboundHooks};
 use crate::sandbox::output_capture::TailCapture;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Everything a task's [`Store`] holds.
 pub struct TaskState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outbound: OutboundHooks,
     table: ResourceTable,
     limiter: MemoryLimiter,
     host: HostState,
@@ -28,7 +32,31 @@ impl WasiView for TaskState {
     }
 }
 
+impl WasiHttpView for TaskState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
 impl TaskState {
+    /// The task's wasi:http state for the guarded `outgoing-handler`.
+    pub fn guarded_http(&mut self) -> GuardedView<'_> {
+        GuardedView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+
+    /// The task's outbound HTTP (what it sent and was denied).
+    pub fn outbound(&self) -> &OutboundHooks {
+        &self.outbound
+    }
+
     /// The host side of the task (heartbeats, logs, interrupt).
     pub fn host(&self) -> &HostState {
         &self.host
@@ -64,6 +92,8 @@ pub struct StoreSetup<'a> {
     pub deadline: Instant,
     /// The host side of the task.
     pub host: HostState,
+    /// The task's outbound HTTP.
+    pub outbound: OutboundHooks,
 }
 
 /// A fresh store for one task: the limiter caps its memory, and at every epoch tick the
@@ -72,6 +102,8 @@ pub struct StoreSetup<'a> {
 pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store<TaskState>> {
     let state = TaskState {
         wasi: setup.grants.wasi_context(setup.stdout, setup.stderr)?,
+        http: WasiHttpCtx::new(),
+        outbound: setup.outbound,
         table: ResourceTable::new(),
         limiter: MemoryLimiter::new(setup.limits.memory_limit),
         host: setup.host,

@@ -175,11 +175,20 @@ impl Worker {
             _ = tokio::time::sleep(self.drain_timeout) => false,
         };
         if !in_time {
-            tracing::warn!(
-                tasks = tasks.len(),
-                drain_timeout = %humantime::format_duration(self.drain_timeout),
-                "drain timeout reached: failing running tasks with Worker.ShuttingDown so they are retried"
-            );
+            let drain_timeout = humantime::format_duration(self.drain_timeout);
+            if tasks.is_empty() {
+                tracing::info!(
+                    %drain_timeout,
+                    "drain timeout reached with no task running; waiting for the open polls to \
+                     return (a task they bring still runs, and is failed at once)"
+                );
+            } else {
+                tracing::warn!(
+                    tasks = tasks.len(),
+                    %drain_timeout,
+                    "drain timeout reached: failing running tasks with Worker.ShuttingDown so they are retried"
+                );
+            }
             shared.drain_expired.cancel();
             drain.await;
         }

@@ -105,6 +105,8 @@ fn log_reported(
                 run_ms,
                 elapsed_ms,
                 peak_memory = stats.peak_memory,
+                outbound_requests = stats.outbound_requests,
+                outbound_denied = stats.outbound_denied,
                 "task finished"
             );
         }

@@ -1,0 +1,339 @@
+//! Outbound HTTP for guests (`wasi:http/outgoing-handler`), deny by default: a request goes
+//! out only to an origin in its activity's `allowed_outbound_hosts`, never to the worker's
+//! own credential endpoints, within the activity's limits; every other gets the standard
+//! error code (`HTTP-request-denied`, `destination-IP-prohibited`, ...) that the guest can
+//! handle, and a `warn` line saying which config key would allow it.
+//!
+//! - [`policy`]: the allowlist and the protected addresses;
+//! - [`client`]: resolving, vetting, connecting and sending one admitted request.
+
+pub mod client;
+pub mod policy;
+
+use crate::sandbox::outbound::client::{Resolver, SendPlan, SendResult, SystemResolver};
+use crate::sandbox::outbound::policy::{Allowlist, Target};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi_http::p2::bindings::http::outgoing_handler;
+use wasmtime_wasi_http::p2::bindings::http::types::{self, ErrorCode};
+use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
+use wasmtime_wasi_http::p2::HttpResult;
+use wasmtime_wasi_http::{
+    Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+};
+
+/// The limits on an activity's outbound requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundLimits {
+    /// Time to get a connection (resolving, connecting, a free in-flight slot).
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the response's first byte.
+    pub first_byte_timeout: Duration,
+    /// Time for the whole request, body included; never past the task's deadline.
+    pub request_timeout: Duration,
+    /// Bytes of a response body a guest may read.
+    pub max_response_bytes: u64,
+    /// Requests one task may send.
+    pub max_requests_per_task: u32,
+    /// Requests of all the activity's tasks in flight at once.
+    pub max_in_flight: u32,
+}
+
+impl Default for OutboundLimits {
+    fn default() -> OutboundLimits {
+        OutboundLimits {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            max_response_bytes: 10 << 20,
+            max_requests_per_task: 100,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// What an activity grants its guests to call: shared by all its tasks (the in-flight bound
+/// is per activity).
+#[derive(Clone)]
+pub struct OutboundGrant {
+    allowlist: Arc<Allowlist>,
+    limits: OutboundLimits,
+    resolver: Arc<dyn Resolver>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl OutboundGrant {
+    /// A grant of `allowlist` within `limits`, resolving names with the system's resolver.
+    pub fn new(allowlist: Allowlist, limits: OutboundLimits) -> OutboundGrant {
+        OutboundGrant {
+            allowlist: Arc::new(allowlist),
+            limits,
+            resolver: Arc::new(SystemResolver),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+        }
+    }
+
+    /// The same grant resolving names with `resolver`.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> OutboundGrant {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The allowed origins.
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allowlist
+    }
+}
+
+impl Default for OutboundGrant {
+    /// Nothing allowed.
+    fn default() -> OutboundGrant {
+        OutboundGrant::new(Allowlist::default(), OutboundLimits::default())
+    }
+}
+
+impl fmt::Debug for OutboundGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundGrant")
+            .field("allowlist", &self.allowlist)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One task's side of outbound HTTP: admits or denies each request the guest sends, and
+/// counts them.
+pub struct OutboundHooks {
+    grant: Arc<OutboundGrant>,
+    activity_arn: Arc<str>,
+    task_id: String,
+    task_deadline: Instant,
+    sent: u32,
+    denied: u32,
+}
+
+impl OutboundHooks {
+    /// The hooks of one task of the activity `activity_arn`, which must end by `task_deadline`.
+    pub fn new(
+        grant: Arc<OutboundGrant>,
+        activity_arn: Arc<str>,
+        task_id: String,
+        task_deadline: std::time::Instant,
+    ) -> OutboundHooks {
+        OutboundHooks {
+            grant,
+            activity_arn,
+            task_id,
+            task_deadline: task_deadline.into(),
+            sent: 0,
+            denied: 0,
+        }
+    }
+
+    /// Requests sent so far (admitted by the allowlist and the limits).
+    pub fn sent(&self) -> u32 {
+        self.sent
+    }
+
+    /// Requests denied so far.
+    pub fn denied(&self) -> u32 {
+        self.denied
+    }
+
+    /// Admits a request to `scheme://authority` with these headers, or says why not (with a
+    /// `warn` line) as the wasi:http error code the guest gets from `handle`.
+    fn admit(
+        &mut self,
+        scheme: &str,
+        authority: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<(), ErrorCode> {
+        let target = match Target::new(scheme, authority) {
+            Ok(target) => target,
+            Err(why) => return Err(self.deny(authority, &why, ErrorCode::HttpRequestUriInvalid)),
+        };
+        let host_header = headers.get(http::header::HOST);
+        if host_header.is_some_and(|host| host.as_bytes() != authority.as_bytes()) {
+            return Err(self.deny(
+                authority,
+                "its host header differs from the URL's authority",
+                ErrorCode::HttpRequestDenied,
+            ));
+        }
+        if !self.grant.allowlist.admits(&target) {
+            let why = format!(
+                "it is not in the activity's allowed_outbound_hosts; add \"{target}\" to allow it"
+            );
+            return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
+        }
+        let limit = self.grant.limits.max_requests_per_task;
+        if self.sent >= limit {
+            let why = format!(
+                "the task already sent {limit} requests (the activity's max_outbound_requests_per_task)"
+            );
+            return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn deny(&mut self, authority: &str, why: &str, error: ErrorCode) -> ErrorCode {
+        self.denied += 1;
+        tracing::warn!(
+            activity = %self.activity_arn,
+            task_id = %self.task_id,
+            authority,
+            "outbound request denied: {why}"
+        );
+        error
+    }
+
+    /// How to send `request`, which [`OutboundHooks::admit`] let through.
+    fn plan(
+        &self,
+        request: &http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> Result<SendPlan, Error> {
+        let uri = request.uri();
+        let target = Target::new(
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str()),
+        )
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+        if !self.grant.allowlist.admits(&target) {
+            return Err(Error::HttpRequestDenied);
+        }
+        let limits = self.grant.limits;
+        Ok(SendPlan {
+            log: RequestLog {
+                activity_arn: self.activity_arn.clone(),
+                task_id: self.task_id.clone(),
+                method: request.method().to_string(),
+                target: target.to_string(),
+                started: std::time::Instant::now(),
+                status: None,
+                bytes: 0,
+                error: None,
+            },
+            target,
+            allowlist: self.grant.allowlist.clone(),
+            limits,
+            options,
+            resolver: self.grant.resolver.clone(),
+            in_flight: self.grant.in_flight.clone(),
+            deadline: (Instant::now() + limits.request_timeout).min(self.task_deadline),
+        })
+    }
+}
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _request_body_result: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        match self.plan(&request, options) {
+            Ok(plan) => Box::new(client::send(plan, request)),
+            Err(error) => Box::new(async move { Err(error) }),
+        }
+    }
+}
+
+/// One task's wasi:http state, for the guarded `wasi:http/outgoing-handler#handle` guests
+/// import: it admits or denies a request in `handle` itself (so the guest gets the error
+/// code from the call it made), then hands it to the standard implementation, which sends
+/// it through [`OutboundHooks`].
+pub struct GuardedView<'a> {
+    /// The task's wasi:http context.
+    pub ctx: &'a mut WasiHttpCtx,
+    /// The task's resource table.
+    pub table: &'a mut ResourceTable,
+    /// The task's outbound hooks.
+    pub hooks: &'a mut OutboundHooks,
+}
+
+impl GuardedView<'_> {
+    /// `wasi:http/outgoing-handler#handle`.
+    pub fn handle(
+        &mut self,
+        request: Resource<HostOutgoingRequest>,
+        options: Option<Resource<types::RequestOptions>>,
+    ) -> HttpResult<Resource<HostFutureIncomingResponse>> {
+        let outgoing = self.table.get(&request)?;
+        let scheme = match &outgoing.scheme {
+            Some(types::Scheme::Http) => "http",
+            Some(types::Scheme::Https) | None => "https",
+            Some(types::Scheme::Other(other)) => other.as_str(),
+        };
+        let authority = outgoing.authority.clone().unwrap_or_default();
+        let headers = (*outgoing.headers).clone();
+        self.hooks.admit(scheme, &authority, &headers)?;
+        let mut standard = WasiHttpCtxView {
+            ctx: &mut *self.ctx,
+            table: &mut *self.table,
+            hooks: &mut *self.hooks,
+        };
+        outgoing_handler::Host::handle(&mut standard, request, options)
+    }
+}
+
+/// The `debug` line of one outbound request, written when the request ends (its response
+/// body done or dropped, or its failure).
+pub struct RequestLog {
+    activity_arn: Arc<str>,
+    task_id: String,
+    method: String,
+    target: String,
+    started: std::time::Instant,
+    /// The response status, once known.
+    pub status: Option<u16>,
+    /// Response body bytes received so far.
+    pub bytes: u64,
+    error: Option<String>,
+}
+
+impl RequestLog {
+    /// Records why the request failed.
+    pub fn failed(&mut self, error: &Error) {
+        self.error = Some(error.to_string());
+    }
+
+    /// Logs (`warn`) that every address of the target is protected and not named by the
+    /// allowlist.
+    pub fn refused_address(&mut self, addresses: &[SocketAddr]) {
+        let addresses: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
+        tracing::warn!(
+            activity = %self.activity_arn,
+            task_id = %self.task_id,
+            authority = %self.target,
+            addresses = %addresses.join(","),
+            "outbound request denied: the name resolves to a protected address (cloud metadata, \
+             credentials or link-local); only an allowed_outbound_hosts entry naming that exact \
+             IP reaches it"
+        );
+        self.error = Some("destination IP prohibited".into());
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        tracing::debug!(
+            activity = %self.activity_arn,
+            task_id = %self.task_id,
+            method = %self.method,
+            authority = %self.target,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            error = self.error.as_deref(),
+            "outbound request"
+        );
+    }
+}

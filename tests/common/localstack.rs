@@ -1,0 +1,75 @@
+//! LocalStack for the end-to-end tests: started (and stopped) through tests/localstack.sh on
+//! a port of the test's choosing, and helpers to wait on its executions.
+
+use super::repo_root;
+use aws_sdk_sfn::types::ExecutionStatus;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Stops the LocalStack this test started, if it started one.
+pub struct LocalStack {
+    pid: Option<String>,
+}
+
+impl LocalStack {
+    /// Starts LocalStack on 127.0.0.1:`port` unless one is already serving there.
+    pub fn start(port: &str) -> LocalStack {
+        let output = Command::new(repo_root().join("tests/localstack.sh"))
+            .arg("start")
+            .env("LOCALSTACK_PORT", port)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/localstack.sh");
+        assert!(
+            output.status.success(),
+            "LocalStack did not start (see above)"
+        );
+        let pid = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        LocalStack {
+            pid: (!pid.is_empty()).then_some(pid),
+        }
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        if let Some(pid) = &self.pid {
+            let _ = Command::new(repo_root().join("tests/localstack.sh"))
+                .args(["stop", pid])
+                .status();
+        }
+    }
+}
+
+/// Kills the worker if the test fails before it is stopped.
+pub struct WorkerProcess(pub Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// Waits (up to 90 s) until the execution `arn` is no longer running.
+pub async fn wait_for_execution(
+    client: &aws_sdk_sfn::Client,
+    arn: &str,
+) -> aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let execution = client
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .unwrap();
+        if execution.status != ExecutionStatus::Running {
+            return execution;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "execution {arn} still running after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

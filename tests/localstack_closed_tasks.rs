@@ -1,0 +1,207 @@
+//! Against LocalStack: a task closed while its guest runs (a state timing out under
+//! `HeartbeatSeconds`, a `StopExecution`) stops the guest within one heartbeat interval and
+//! a second, so the worker's only slot serves the execution queued behind it.
+//!
+//! LocalStack answers heartbeats of a closed task with `InvalidToken` (AWS says
+//! `TaskTimedOut`): the worker reads it as "closed" once an earlier heartbeat was accepted.
+//! LocalStack runs on port 4598 here (tests/localstack.rs uses 4599).
+
+mod common;
+
+use aws_sdk_sfn::types::ExecutionStatus;
+use common::localstack::{wait_for_execution, LocalStack, WorkerProcess};
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PORT: &str = "4598";
+/// The worker's `heartbeat_interval`.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+fn machine(activity: &str, timeout_seconds: u32, heartbeat_seconds: Option<u32>) -> String {
+    let mut task = json!({"Type": "Task", "Resource": activity, "TimeoutSeconds": timeout_seconds, "End": true});
+    if let Some(seconds) = heartbeat_seconds {
+        task["HeartbeatSeconds"] = json!(seconds);
+    }
+    json!({"StartAt": "Work", "States": {"Work": task}}).to_string()
+}
+
+/// How many tasks the worker has logged as abandoned so far.
+fn abandoned(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("task finished") && line.contains("abandoned"))
+        .count()
+}
+
+/// Waits until the worker has abandoned `count` tasks (the last one's guest stopped), checks
+/// it happened within a heartbeat interval and a second of `closed_at`, then waits for the
+/// execution queued behind it (`next`) and returns it.
+async fn await_guest_stopped<F, N>(
+    what: &str,
+    count: usize,
+    closed_at: Instant,
+    log: &impl Fn() -> String,
+    next: N,
+) -> aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput
+where
+    N: FnOnce() -> F,
+    F: std::future::Future<
+        Output = aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput,
+    >,
+{
+    while abandoned(&log()) < count {
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(10),
+            "{what}: the guest was never stopped\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_after = closed_at.elapsed();
+    println!("{what}: guest stopped {stopped_after:?} after its task closed");
+    assert!(
+        stopped_after <= HEARTBEAT_INTERVAL + Duration::from_secs(1),
+        "{what}: guest stopped {stopped_after:?} after its task closed\n{}",
+        log()
+    );
+    next().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_task_frees_the_only_slot_within_a_heartbeat_interval() {
+    let adversary = guest_path("adversary");
+    let _localstack = LocalStack::start(PORT);
+    let endpoint = format!("http://127.0.0.1:{PORT}");
+    let client = aws_sdk_sfn::Client::new(&sfn_fake::local_sdk_config(&endpoint).await);
+    let run_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let activity = client
+        .create_activity()
+        .name(format!("closed-{run_id}"))
+        .send()
+        .await
+        .unwrap()
+        .activity_arn;
+    let create = |name: &str, definition: String| {
+        client
+            .create_state_machine()
+            .name(format!("{name}-{run_id}"))
+            .definition(definition)
+            .role_arn("arn:aws:iam::000000000000:role/sfn-wasm-worker-e2e")
+            .send()
+    };
+    let timing_out = create("times-out", machine(&activity, 4, Some(3)))
+        .await
+        .unwrap()
+        .state_machine_arn;
+    let stoppable = create("stoppable", machine(&activity, 60, Some(10)))
+        .await
+        .unwrap()
+        .state_machine_arn;
+    let queued = create("queued", machine(&activity, 60, None))
+        .await
+        .unwrap()
+        .state_machine_arn;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("worker.log");
+    let worker = Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+        .args(["run", "--activity-arn", &activity, "--component"])
+        .arg(&adversary)
+        .args([
+            "--max-concurrency",
+            "1",
+            "--heartbeat-interval",
+            "1s",
+            "--timeout",
+            "60s",
+        ])
+        .args([
+            "--endpoint-url",
+            &endpoint,
+            "--region",
+            "us-east-1",
+            "--drain-timeout",
+            "5s",
+        ])
+        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("starting the worker");
+    let worker = WorkerProcess(worker);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let start = |machine: &str, input: serde_json::Value| {
+        client
+            .start_execution()
+            .state_machine_arn(machine)
+            .input(input.to_string())
+            .send()
+    };
+    let long_guest = json!({"behaviour": "sleep", "ms": 30_000});
+    let quick_guest = json!({"behaviour": "echo"});
+
+    // 1. The state times out after 4 s; its guest would sleep 30 s.
+    let first = start(&timing_out, long_guest.clone())
+        .await
+        .unwrap()
+        .execution_arn;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let behind = start(&queued, quick_guest.clone())
+        .await
+        .unwrap()
+        .execution_arn;
+    let ended = wait_for_execution(&client, &first).await;
+    let closed_at = Instant::now();
+    assert_eq!(
+        (ended.status.clone(), ended.error.as_deref()),
+        (ExecutionStatus::Failed, Some("States.Timeout")),
+        "{ended:?}\n{}",
+        log()
+    );
+    let next = await_guest_stopped("timed-out state", 1, closed_at, &log, || {
+        wait_for_execution(&client, &behind)
+    })
+    .await;
+    assert_eq!(
+        next.status,
+        ExecutionStatus::Succeeded,
+        "{next:?}\n{}",
+        log()
+    );
+
+    // 2. StopExecution 3.5 s into a 30 s guest.
+    let second = start(&stoppable, long_guest).await.unwrap().execution_arn;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let behind = start(&queued, quick_guest).await.unwrap().execution_arn;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client
+        .stop_execution()
+        .execution_arn(&second)
+        .send()
+        .await
+        .unwrap();
+    let stopped_at = Instant::now();
+    let next = await_guest_stopped("StopExecution", 2, stopped_at, &log, || {
+        wait_for_execution(&client, &behind)
+    })
+    .await;
+    assert_eq!(
+        next.status,
+        ExecutionStatus::Succeeded,
+        "{next:?}\n{}",
+        log()
+    );
+    assert!(
+        !log().contains("result was refused"),
+        "a closed task was reported\n{}",
+        log()
+    );
+    // Nothing is in flight: the worker is killed when `worker` drops (a drain would wait
+    // for the open poll, up to 60 s).
+    drop(worker);
+}

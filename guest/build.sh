@@ -4,8 +4,9 @@
 #   guest/build.sh                 # every guest
 #   guest/build.sh rust-order ...  # just these
 #
-# Guests: rust-order, rust-fetch, adversary, http-probe (Rust), python-order, python-fetch
-# (componentize-py), js-order, js-fetch (jco), c-order (clang + wasi-libc + wit-bindgen c).
+# Guests: rust-order, rust-fetch, adversary, http-probe (Rust), python-order, python-fetch,
+# python-kit (componentize-py), js-order, js-fetch, js-kit (esbuild + jco), c-order (clang +
+# wasi-libc + wit-bindgen c).
 # The toolchains are installed by .ci/install-tools (which says why each step is as it is).
 set -euo pipefail
 
@@ -14,7 +15,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary http-probe rust-fetch python-order python-fetch js-order js-fetch c-order)
+all=(rust-order adversary http-probe rust-fetch python-order python-fetch python-kit js-order js-fetch js-kit c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -41,25 +42,39 @@ build_rust() {
     cp "$work/rust/wasm32-wasip2/release/${crate//-/_}.wasm" "$out/$crate.wasm"
 }
 
+# Where a Python or JavaScript guest's source is: guest/examples/NAME or guest/test-guests/NAME.
+source_dir() {
+    local dir
+    for dir in "$repo/guest/examples/$1" "$repo/guest/test-guests/$1"; do
+        [ -d "$dir" ] && echo "$dir" && return
+    done
+    note "no source directory for guest '$1'"
+    exit 2
+}
+
 # Python guests: componentize-py against the world the guest needs (`handler`, or
-# `handler-http` for guests that call out).
+# `handler-http` for guests that call out), with the Python kit (guest/kits/python) importable.
 build_python() {
     local name=$1 world=$2
     need componentize-py
     componentize-py -d "$repo/wit" -w "$world" componentize app \
-        -p "$repo/guest/examples/$name" -o "$out/$name.wasm" >/dev/null
+        -p "$(source_dir "$name")" -p "$repo/guest/kits/python" -o "$out/$name.wasm" >/dev/null
 }
 
-# JavaScript guests: the jco pinned in guest/js-toolchain. `-d http` removes StarlingMonkey's
-# HTTP client from guests that make no requests (they then import no wasi:http).
+# JavaScript guests: the entry file bundled with what it imports (the JavaScript kit) by
+# esbuild, then componentized by jco; both pinned in guest/js-toolchain. `-d http` removes
+# StarlingMonkey's HTTP client from guests that make no requests (they import no wasi:http).
 build_js() {
     local name=$1 world=$2 toolchain="$repo/guest/js-toolchain"
     need npm
-    [ -x "$toolchain/node_modules/.bin/jco" ] ||
+    [ -x "$toolchain/node_modules/.bin/jco" ] && [ -x "$toolchain/node_modules/.bin/esbuild" ] ||
         (cd "$toolchain" && npm ci --no-audit --no-fund --silent)
+    local bundle="$work/$name.bundle.js"
+    "$toolchain/node_modules/.bin/esbuild" "$(source_dir "$name")/app.js" --bundle --format=esm \
+        --keep-names --log-level=warning --external:'sfn:*' --external:'wasi:*' --outfile="$bundle"
     local disable=(-d fetch-event)
     [ "$world" = handler ] && disable=(-d http fetch-event)
-    (cd "$repo/guest/examples/$name" && "$toolchain/node_modules/.bin/jco" componentize app.js \
+    (cd "$work" && "$toolchain/node_modules/.bin/jco" componentize "$bundle" \
         --wit "$repo/wit" -n "$world" "${disable[@]}" -o "$out/$name.wasm" >/dev/null)
 }
 
@@ -95,6 +110,8 @@ for guest in "$@"; do
         python-fetch) build_python python-fetch handler-http ;;
         js-order) build_js js-order handler ;;
         js-fetch) build_js js-fetch handler-http ;;
+        python-kit) build_python python-kit handler ;;
+        js-kit) build_js js-kit handler ;;
         c-order) build_c ;;
         *)
             note "unknown guest '$guest' (known: ${all[*]})"

@@ -2,7 +2,8 @@
 //! state machines (with Retry on Worker.ShuttingDown and a Catch), executions, the worker
 //! binary serving the example guests from a TOML config, DescribeExecution asserted, and a
 //! SIGTERM that drains (an execution started after it still runs on the open poll), and a
-//! guest calling a local HTTP service its activity allows.
+//! guest calling a local HTTP service its activity allows, and kit guests whose uncaught
+//! exceptions a `Catch` matches by class name.
 //!
 //! LocalStack is started (and stopped) by this test through tests/localstack.sh, on port
 //! 4599 so a LocalStack of your own on 4566 is not disturbed; names are unique per run.
@@ -29,7 +30,7 @@ fn state_machine(activity_arn: &str) -> String {
                 "TimeoutSeconds": 60,
                 "Retry": [{"ErrorEquals": ["Worker.ShuttingDown"], "IntervalSeconds": 1, "MaxAttempts": 3}],
                 "Catch": [{
-                    "ErrorEquals": ["Wasm.Trap", "Wasm.Timeout", "Wasm.OutOfMemory"],
+                    "ErrorEquals": ["Wasm.Trap", "Wasm.Timeout", "Wasm.OutOfMemory", "ValueError", "TypeError"],
                     "ResultPath": "$.guest_error",
                     "Next": "Quarantined"
                 }],
@@ -44,7 +45,14 @@ fn state_machine(activity_arn: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     // Build what the worker needs before starting anything.
-    let names = ["rust-order", "python-order", "adversary", "python-fetch"];
+    let names = [
+        "rust-order",
+        "python-order",
+        "adversary",
+        "python-fetch",
+        "python-kit",
+        "js-kit",
+    ];
     let guests = names.map(guest_path);
     let service = common::http_service::HttpService::start().await;
     let _localstack = LocalStack::start(PORT);
@@ -95,7 +103,14 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         );
     }
     // Only the fetch guest may call the local service.
-    config += &format!("allowed_outbound_hosts = [\"{}\"]\n", service.origin());
+    let fetch_table = format!("component = \"{}\"\n", guests[3].display());
+    config = config.replace(
+        &fetch_table,
+        &format!(
+            "{fetch_table}allowed_outbound_hosts = [\"{}\"]\n",
+            service.origin()
+        ),
+    );
     let config_path = dir.path().join("worker.toml");
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.path().join("worker.log");
@@ -120,6 +135,8 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         (1, bad_order.clone()),
         (2, json!({"behaviour": "panic"})),
         (3, json!({"url": format!("{}/echo", service.origin())})),
+        (4, json!({"do": "raise"})),
+        (5, json!({"do": "raise"})),
     ];
     let mut executions = Vec::new();
     for (machine, input) in &cases {
@@ -184,6 +201,20 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     assert_eq!(output["status"], 200, "{output}");
     assert_eq!(output["body"]["method"], "GET", "{output}");
     assert_eq!(service.requests(), 1);
+    // An uncaught exception in a kit guest is caught by the state machine by its class name.
+    for (index, error) in [(6, "ValueError"), (7, "TypeError")] {
+        let caught = &results[index];
+        assert_eq!(
+            caught.status,
+            ExecutionStatus::Succeeded,
+            "{error} should be caught: {caught:?}\n{}",
+            context()
+        );
+        let output: Value = serde_json::from_str(caught.output.as_deref().unwrap()).unwrap();
+        assert_eq!(output["guest_error"]["Error"], error, "{output}");
+        let cause = output["guest_error"]["Cause"].as_str().unwrap_or_default();
+        assert!(cause.starts_with("bad sku"), "{output}");
+    }
     // Each activity's open poll gets one late execution below, so that every poll returns.
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
@@ -200,6 +231,8 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         order.clone(),
         json!({"behaviour": "echo", "late": true}),
         json!({"url": format!("{}/echo", service.origin())}),
+        json!({"do": "echo"}),
+        json!({"do": "echo"}),
     ];
     let mut late = Vec::new();
     for (machine, input) in machines.iter().zip(&late_inputs) {

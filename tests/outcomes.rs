@@ -99,6 +99,12 @@ async fn panic_is_a_trap_with_message_backtrace_and_stderr() {
         cause.contains("adversary panicked on purpose"),
         "panic message missing: {cause}"
     );
+    // What the author wrote leads: the panic message is in the cause's first lines.
+    let first_lines: String = cause.lines().take(4).collect::<Vec<_>>().join("\n");
+    assert!(
+        first_lines.contains("adversary panicked on purpose"),
+        "the panic message does not lead: {cause}"
+    );
     assert_next_task_runs().await;
 }
 

@@ -7,10 +7,12 @@
 //!   outcome rules);
 //! - [`worker`]: Step Functions' side (client, pollers and slots, one task's lifecycle,
 //!   heartbeats, reports, counters, shutdown and drain);
-//! - [`config`]: the TOML configuration and its human units.
+//! - [`config`]: the TOML configuration and its human units;
+//! - [`scaffold`]: new guest projects (`sfn-wasm-worker new`).
 //!
 //! The `sfn-wasm-worker` binary (`main.rs`) is a thin command line over these.
 
 pub mod config;
 pub mod sandbox;
+pub mod scaffold;
 pub mod worker;

@@ -13,10 +13,11 @@ use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::outbound::policy::AllowedOrigin;
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, WORLD};
+use sfn_wasm_worker::scaffold::{self, Language};
 use sfn_wasm_worker::worker::sfn::{self, SfnClient};
 use sfn_wasm_worker::worker::{shutdown, Worker};
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,17 @@ enum Command {
     Check {
         /// The component (.wasm)
         component: PathBuf,
+    },
+    /// Start a new guest project: a working handler, its build command and a sample input
+    New {
+        /// The guest's language
+        #[arg(long, value_enum)]
+        lang: Language,
+        /// The project's name (a new directory)
+        name: String,
+        /// Where to create it
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -222,6 +234,7 @@ fn main() -> ExitCode {
         Command::Run(args) => runtime.block_on(serve(args, &cli.global)),
         Command::Invoke(args) => runtime.block_on(invoke(args, &cli.global)),
         Command::Check { component } => check(component, &cli.global),
+        Command::New { lang, name, dir } => new_project(lang, &name, &dir),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
@@ -422,4 +435,13 @@ fn check(component: PathBuf, global: &GlobalArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_USAGE))
         }
     }
+}
+
+fn new_project(language: Language, name: &str, parent: &Path) -> Result<ExitCode> {
+    let dir = scaffold::create(language, name, parent)?;
+    println!(
+        "created {}: see its README.md to build it and invoke it with input.json",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,19 +1,20 @@
-// Example guest in JavaScript: calls an HTTP service and returns what it got.
+// Example guest in JavaScript: calls an HTTP service and returns what it got, with the
+// JavaScript kit.
 //
 // The fetch contract (guest/examples/README.md) with the standard `fetch`, which jco's
-// runtime implements over wasi:http. Build against the `handler-http` world, keeping the
-// HTTP client (no `-d http`):
-//   jco componentize app.js --wit ../../../wit -n handler-http -d fetch-event -o js-fetch.wasm
+// runtime implements over wasi:http. Bundle, then build against the `handler-http` world,
+// keeping the HTTP client (no `-d http`):
+//   esbuild app.js --bundle --format=esm --keep-names --external:'sfn:*' --outfile=bundle.js
+//   jco componentize bundle.js --wit ../../../wit -n handler-http -d fetch-event -o js-fetch.wasm
 // and allow the service's origin in the activity's `allowed_outbound_hosts`.
-import { log } from "sfn:activity/host@0.1.0";
+import { handler, TaskError } from "../../kits/js/sfn-activity.js";
 
-export async function handle(input, context) {
-  const request = JSON.parse(input);
-  const url = request.url;
+export const handle = handler(async (request, ctx) => {
+  const url = request?.url;
   if (typeof url !== "string") {
-    throw { error: "Fetch.InvalidInput", cause: "`url` must be a string" };
+    throw new TaskError("Fetch.InvalidInput", "`url` must be a string");
   }
-  log("info", `fetching ${url}`);
+  ctx.log("info", `fetching ${url}`);
   const init = { method: request.method ?? "GET" };
   if (request.body !== undefined) {
     init.body = JSON.stringify(request.body);
@@ -25,7 +26,7 @@ export async function handle(input, context) {
     response = await fetch(url, init);
     text = await response.text();
   } catch (err) {
-    throw { error: "Fetch.RequestFailed", cause: `${url}: ${err?.message ?? err}` };
+    throw new TaskError("Fetch.RequestFailed", `${url}: ${err?.message ?? err}`);
   }
   let body;
   try {
@@ -33,5 +34,5 @@ export async function handle(input, context) {
   } catch {
     body = text;
   }
-  return JSON.stringify({ status: response.status, body });
-}
+  return { status: response.status, body };
+});

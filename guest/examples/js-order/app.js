@@ -1,11 +1,17 @@
-// Example guest in JavaScript: validates an order and prices it.
+// Example guest in JavaScript: validates an order and prices it, with the JavaScript kit.
 //
-// Same contract as every example (guest/examples/README.md). Build (in this directory, with
-// the jco of guest/js-toolchain):
-//   jco componentize app.js --wit ../../../wit -n handler -d http fetch-event -o js-order.wasm
-import { heartbeat, log } from "sfn:activity/host@0.1.0";
+// Same contract as every example (guest/examples/README.md). Build (with the esbuild and jco
+// of guest/js-toolchain): bundle, then componentize the bundle:
+//   esbuild app.js --bundle --format=esm --keep-names --external:'sfn:*' --outfile=bundle.js
+//   jco componentize bundle.js --wit ../../../wit -n handler -d http fetch-event -o js-order.wasm
+import { handler, heartbeat, TaskError, TaskOver } from "../../kits/js/sfn-activity.js";
 
-class InvalidOrder extends Error {}
+/** The input is not a valid order: fails the task with `Order.Invalid`. */
+class InvalidOrder extends TaskError {
+  constructor(cause) {
+    super("Order.Invalid", cause);
+  }
+}
 
 function count(value, where, allowZero) {
   if (!Number.isSafeInteger(value) || value < (allowZero ? 0 : 1)) {
@@ -55,26 +61,17 @@ function price(order) {
   };
 }
 
-export function handle(input, context) {
-  let order;
-  let output;
-  try {
-    order = JSON.parse(input);
-    output = price(order);
-  } catch (err) {
-    if (err instanceof InvalidOrder || err instanceof SyntaxError) {
-      throw { error: "Order.Invalid", cause: err.message };
-    }
-    throw err;
-  }
+export const handle = handler((order, ctx) => {
+  const output = price(order);
   if (order.heartbeat === true) {
-    // Heartbeat as a long-running handler would; a thrown error means the task is over.
+    // Heartbeat as a long-running handler would; TaskOver means the task is over.
     try {
       heartbeat();
     } catch (err) {
-      throw { error: "Order.Cancelled", cause: String(err.payload ?? err) };
+      if (err instanceof TaskOver) throw new TaskError("Order.Cancelled", err.message);
+      throw err;
     }
   }
-  log("info", `order ${output.order_id} priced`);
-  return JSON.stringify(output);
-}
+  ctx.log("info", `order ${output.order_id} priced`);
+  return output;
+});

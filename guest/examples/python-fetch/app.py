@@ -1,18 +1,19 @@
 """Example guest in Python: calls an HTTP service and returns what it got.
 
-The fetch contract (guest/examples/README.md), with the standard WASI HTTP client
-(`wasi:http/outgoing-handler`) used directly, blocking. Build against the `handler-http` world:
-    componentize-py -d wit -w handler-http componentize app -p guest/examples/python-fetch -o python-fetch.wasm
+The fetch contract (guest/examples/README.md), with the Python kit and the standard WASI
+HTTP client (`wasi:http/outgoing-handler`) used directly, blocking. Build against the
+`handler-http` world:
+    componentize-py -d wit -w handler-http componentize app -p guest/examples/python-fetch -p guest/kits/python -o python-fetch.wasm
 and allow the service's origin in the activity's `allowed_outbound_hosts`.
 """
 import json
 from urllib.parse import urlsplit
 
-import wit_world
+import sfn_activity
 from componentize_py_types import Err, Ok
-from wit_world.imports import host, outgoing_handler
+from sfn_activity import TaskError
+from wit_world.imports import outgoing_handler
 from wit_world.imports import wasi_http_types as http
-from wit_world.imports.sfn_activity_types import TaskContext, TaskError
 from wit_world.imports.streams import StreamError_Closed
 
 READ_SIZE = 16 * 1024
@@ -73,22 +74,23 @@ def fetch(method, url, body=None):
     return status, b"".join(chunks)
 
 
-class WitWorld(wit_world.WitWorld):
-    def handle(self, input: str, context: TaskContext) -> str:
-        request = json.loads(input)
-        url = request.get("url")
-        if not isinstance(url, str):
-            raise Err(TaskError(error="Fetch.InvalidInput", cause="`url` must be a string"))
-        host.log(host.LogLevel.INFO, f"fetching {url}")
-        body = request.get("body")
-        try:
-            status, data = fetch(request.get("method", "GET"), url,
-                                 None if body is None else json.dumps(body).encode())
-        except (FetchFailed, ValueError) as err:
-            raise Err(TaskError(error="Fetch.RequestFailed", cause=f"{url}: {err}"))
-        text = data.decode("utf-8", "replace")
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = text
-        return json.dumps({"status": status, "body": parsed})
+def handle(request, ctx):
+    url = request.get("url") if isinstance(request, dict) else None
+    if not isinstance(url, str):
+        raise TaskError("Fetch.InvalidInput", "`url` must be a string")
+    ctx.log("info", f"fetching {url}")
+    body = request.get("body")
+    try:
+        status, data = fetch(request.get("method", "GET"), url,
+                             None if body is None else json.dumps(body).encode())
+    except (FetchFailed, ValueError) as err:
+        raise TaskError("Fetch.RequestFailed", f"{url}: {err}")
+    text = data.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    return {"status": status, "body": parsed}
+
+
+WitWorld = sfn_activity.export(handle)

@@ -1,18 +1,18 @@
-"""Example guest in Python: validates an order and prices it.
+"""Example guest in Python: validates an order and prices it, with the Python kit.
 
-Same contract as every example (guest/examples/README.md). Build:
-    componentize-py -d wit -w handler componentize app -p guest/examples/python-order -o python-order.wasm
+Same contract as every example (guest/examples/README.md). Build (the kit's directory on the
+module path):
+    componentize-py -d wit -w handler componentize app -p guest/examples/python-order -p guest/kits/python -o python-order.wasm
 """
-import json
-
-import wit_world
-from componentize_py_types import Err
-from wit_world.imports import host
-from wit_world.imports.types import TaskContext, TaskError
+import sfn_activity
+from sfn_activity import TaskError, TaskOver
 
 
-class InvalidOrder(Exception):
-    """The input is not a valid order; the message is the task error's cause."""
+class InvalidOrder(TaskError):
+    """The input is not a valid order: fails the task with `Order.Invalid`."""
+
+    def __init__(self, cause):
+        super().__init__("Order.Invalid", cause)
 
 
 def positive_int(value, where, allow_zero):
@@ -57,18 +57,16 @@ def price(order):
     }
 
 
-class WitWorld(wit_world.WitWorld):
-    def handle(self, input: str, context: TaskContext) -> str:
+def handle(order, ctx):
+    output = price(order)
+    if order.get("heartbeat") is True:
+        # Heartbeat as a long-running handler would; TaskOver means the task is over.
         try:
-            order = json.loads(input)
-            output = price(order)
-        except (InvalidOrder, ValueError) as err:
-            raise Err(TaskError(error="Order.Invalid", cause=str(err)))
-        if order.get("heartbeat") is True:
-            # Heartbeat as a long-running handler would; an error means the task is over.
-            try:
-                host.heartbeat()
-            except Err as err:
-                raise Err(TaskError(error="Order.Cancelled", cause=str(err.value)))
-        host.log(host.LogLevel.INFO, f"order {output['order_id']} priced")
-        return json.dumps(output)
+            sfn_activity.heartbeat()
+        except TaskOver as over:
+            raise TaskError("Order.Cancelled", str(over))
+    ctx.log("info", f"order {output['order_id']} priced")
+    return output
+
+
+WitWorld = sfn_activity.export(handle)

@@ -119,7 +119,7 @@ pub fn run_handler(
         .and_then(|input| handler(input, &context))
         .and_then(|output| {
             serde_json::to_string(&output).map_err(|err| {
-                TaskError::new("Task.InvalidOutput", format!("cannot serialise output: {err}"))
+                TaskError::new("Worker.InvalidOutput", format!("cannot serialise output: {err}"))
             })
         });
     result.map_err(|err| bindings::TaskError {

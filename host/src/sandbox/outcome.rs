@@ -194,10 +194,15 @@ impl TaskEnd {
                 format!("could not instantiate the component: {}", error_chain(&err)),
             ));
         }
-        // The trap's message first (e.g. "wasm trap: call stack exhausted"), then the backtrace.
-        let cause = match trap {
+        // What the author wrote first (the panic message, the exception line), then the
+        // trap's message (e.g. "wasm trap: call stack exhausted"), the backtrace, the stderr.
+        let trap_text = match trap {
             Some(trap) => format!("{trap}\n{}", error_chain(&err)),
             None => error_chain(&err),
+        };
+        let cause = match stderr_headline(&facts.stderr_tail) {
+            Some(headline) => format!("{headline}\n\n{trap_text}"),
+            None => trap_text,
         };
         TaskEnd::Report(Outcome::failed(
             TRAP,
@@ -243,6 +248,26 @@ fn error_chain(err: &wasmtime::Error) -> String {
         }
     }
     text
+}
+
+/// Lines of a guest's stderr that lead a trap's cause.
+const HEADLINE_LINES: usize = 4;
+/// The most characters of stderr that lead a trap's cause.
+const HEADLINE_CHARS: usize = 1_000;
+
+/// The last lines the guest wrote to stderr before it trapped (a Rust panic's location and
+/// message, a Python exception, a JavaScript error), without the runtimes' boilerplate
+/// hints; `None` when it wrote nothing.
+fn stderr_headline(stderr_tail: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr_tail
+        .lines()
+        .map(str::trim_end)
+        .filter(|line| {
+            !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE")
+        })
+        .collect();
+    let headline = lines[lines.len().saturating_sub(HEADLINE_LINES)..].join("\n");
+    (!headline.is_empty()).then(|| truncate_chars(headline, HEADLINE_CHARS))
 }
 
 /// Appends the stderr tail, which usually holds the panic message, to a failure cause.
@@ -303,6 +328,18 @@ mod tests {
             panic!("huge output must fail");
         };
         assert_eq!(error, OUTPUT_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_trap_cause_leads_with_the_last_lines_of_stderr() {
+        let stderr = "starting\nthread '<unnamed>' panicked at src/lib.rs:7:5:\nbad sku\n\
+                      note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        let headline = stderr_headline(stderr).unwrap();
+        assert!(
+            headline.ends_with("panicked at src/lib.rs:7:5:\nbad sku"),
+            "{headline}"
+        );
+        assert_eq!(stderr_headline("\n  \n"), None);
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! The guest kits for Python and JavaScript (guest/kits): how each way a handler ends becomes
+//! the task's outcome: an uncaught exception named by its class with its message first, a
+//! chosen task error, input that is not JSON, a return value that is not JSON, and `log` and
+//! `heartbeat` as plain functions. (Rust's SDK: tests/outcomes.rs.)
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use sfn_wasm_worker::sandbox::{Grants, Outcome, TaskEnd};
+
+const KITS: [(&str, &str); 2] = [("python-kit", "ValueError"), ("js-kit", "TypeError")];
+
+async fn run_raw(name: &str, input: &str) -> (Outcome, u64) {
+    let (task, heartbeat) = task(input);
+    match guest(name).run(task, &limits(), &Grants::default()).await {
+        (TaskEnd::Report(outcome), _) => (outcome, heartbeat.count()),
+        (TaskEnd::Abandoned(why), _) => panic!("{name}: abandoned: {why}"),
+    }
+}
+
+async fn run_do(name: &str, what: &str) -> Outcome {
+    run_raw(name, &json!({ "do": what }).to_string()).await.0
+}
+
+#[tokio::test]
+async fn an_uncaught_exception_is_named_by_its_class_with_its_message_first() {
+    for (kit, builtin) in KITS {
+        let cause = expect_failure(&run_do(kit, "raise").await, builtin);
+        assert!(cause.starts_with("bad sku"), "{kit}: {cause}");
+        // The innermost call (where it was raised) comes before the handler's frame.
+        let (inner, outer) = (cause.find("heck").unwrap(), cause.rfind("handle").unwrap());
+        assert!(inner < outer, "{kit}: innermost call not first: {cause}");
+
+        let cause = expect_failure(&run_do(kit, "raise-custom").await, "OrderRejected");
+        assert!(cause.starts_with("customer is blocked"), "{kit}: {cause}");
+    }
+}
+
+#[tokio::test]
+async fn a_chosen_task_error_is_reported_exactly() {
+    for (kit, _) in KITS {
+        let outcome = run_do(kit, "task-error").await;
+        assert_eq!(
+            outcome,
+            Outcome::Failed {
+                error: "Order.Invalid".into(),
+                cause: "items must be a non-empty array".into()
+            },
+            "{kit}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn input_that_is_not_json_is_task_invalid_input() {
+    for (kit, _) in KITS {
+        let (outcome, _) = run_raw(kit, "{not json").await;
+        let cause = expect_failure(&outcome, "Task.InvalidInput");
+        assert!(cause.contains("not JSON"), "{kit}: {cause}");
+    }
+    let (outcome, _) = run_raw("rust-order", "{not json").await;
+    expect_failure(&outcome, "Task.InvalidInput");
+}
+
+#[tokio::test]
+async fn a_return_value_that_is_not_json_is_worker_invalid_output_naming_it() {
+    let cause = expect_failure(
+        &run_do("python-kit", "unserialisable").await,
+        "Worker.InvalidOutput",
+    );
+    assert!(cause.contains("set"), "{cause}");
+    let cause = expect_failure(&run_do("python-kit", "nan").await, "Worker.InvalidOutput");
+    assert!(cause.contains("float"), "{cause}");
+    let cause = expect_failure(&run_do("js-kit", "undefined").await, "Worker.InvalidOutput");
+    assert!(cause.contains("undefined"), "{cause}");
+    let cause = expect_failure(&run_do("js-kit", "bigint").await, "Worker.InvalidOutput");
+    assert!(cause.contains("BigInt"), "{cause}");
+    assert_eq!(expect_success(&run_do("js-kit", "number").await), json!(42));
+}
+
+#[tokio::test]
+async fn thrown_strings_and_legacy_objects_keep_their_meaning() {
+    assert_eq!(
+        run_do("js-kit", "throw-string").await,
+        Outcome::failed("Error", "plain text")
+    );
+    assert_eq!(
+        run_do("js-kit", "throw-object").await,
+        Outcome::failed("Legacy.Error", "")
+    );
+}
+
+#[tokio::test]
+async fn log_and_heartbeat_are_plain_functions_and_the_context_is_there() {
+    for (kit, _) in KITS {
+        let (outcome, beats) = run_raw(kit, &json!({"do": "heartbeat"}).to_string()).await;
+        assert_eq!(expect_success(&outcome), json!({"beat": true}), "{kit}");
+        assert_eq!(beats, 1, "{kit}");
+        assert_eq!(
+            expect_success(&run_do(kit, "log").await),
+            json!({"logged": true}),
+            "{kit}"
+        );
+        let echoed: Value = expect_success(&run_do(kit, "echo").await);
+        assert_eq!(
+            echoed["task_id"],
+            sfn_wasm_worker::worker::sfn::task_id("token"),
+            "{kit}"
+        );
+        assert!(
+            echoed["activity_arn"]
+                .as_str()
+                .unwrap()
+                .contains(":activity:"),
+            "{kit}"
+        );
+    }
+}

@@ -385,3 +385,63 @@ fn an_ambiguous_size_is_refused_with_both_readings() {
     assert_usage_error(&out, "64MiB");
     assert!(stderr(&out).contains("64MB"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_precompiled_component_runs_without_compiling_and_a_foreign_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = guest_path("rust-order");
+    let cwasm = dir.path().join("rust-order.cwasm");
+    let out = worker(
+        &[
+            "compile",
+            guest.to_str().unwrap(),
+            "-o",
+            cwasm.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let order = order().to_string();
+    let out = worker(
+        &[
+            "invoke",
+            cwasm.to_str().unwrap(),
+            "--no-cache",
+            "--input",
+            &order,
+        ],
+        None,
+    );
+    assert_eq!(stdout_json(&out)["status"], "succeeded", "{}", stderr(&out));
+
+    // Built by an engine configured otherwise (no epoch interruption): refused, with the fix.
+    let foreign = wasmtime::Engine::new(wasmtime::Config::new().epoch_interruption(false)).unwrap();
+    let artefact = foreign
+        .precompile_component(&std::fs::read(&guest).unwrap())
+        .unwrap();
+    let alien = dir.path().join("alien.cwasm");
+    std::fs::write(&alien, artefact).unwrap();
+    let out = worker(
+        &["invoke", alien.to_str().unwrap(), "--input", &order],
+        None,
+    );
+    assert_usage_error(&out, "incompatible engine");
+    assert!(
+        stderr(&out).contains("sfn-wasm-worker compile"),
+        "{}",
+        stderr(&out)
+    );
+
+    // `compile` checks the component against the world first.
+    let empty = wat_component(dir.path(), "empty.wasm", "(component)");
+    let out = worker(
+        &[
+            "compile",
+            empty.to_str().unwrap(),
+            "-o",
+            cwasm.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_usage_error(&out, "does not implement the world");
+}

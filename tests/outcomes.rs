@@ -5,9 +5,10 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::InterruptReason;
 use sfn_wasm_worker::sandbox::outcome::{self, MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
-use sfn_wasm_worker::sandbox::{Grants, TaskEnd, TaskLimits};
+use sfn_wasm_worker::sandbox::{Grants, Runtime, TaskEnd, TaskLimits};
 use std::time::{Duration, Instant};
 
 const ADVERSARY: &str = "adversary";
@@ -350,4 +351,23 @@ async fn each_task_gets_a_fresh_instance() {
             expect_failure(&run(ADVERSARY, &behaviour("panic")).await, outcome::TRAP);
         }
     }
+}
+
+#[test]
+fn identical_components_are_loaded_once() {
+    let runtime = Runtime::new(&EngineSettings {
+        max_concurrent_tasks: 2,
+        max_memory_bytes: 64 << 20,
+        cache: CacheSetting::Directory(cache_dir()),
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let original = guest_path("rust-order");
+    let copy = dir.path().join("tenant-b.wasm");
+    std::fs::copy(&original, &copy).unwrap();
+    runtime.load(&original).unwrap();
+    runtime.load(&copy).unwrap();
+    assert_eq!(runtime.loaded_components(), 1);
+    runtime.load(&guest_path(ADVERSARY)).unwrap();
+    assert_eq!(runtime.loaded_components(), 2);
 }

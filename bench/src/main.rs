@@ -7,7 +7,8 @@
 //! 3. memory: RSS idle and with 64 in-flight tasks per guest language;
 //! 4. start-up: process start → first poll, cold and warm compilation cache; 4b. idle CPU
 //!    with 8 open polls;
-//! 5. (--localstack) tasks/s against LocalStack and where the time goes.
+//! 5. (--localstack) tasks/s against LocalStack and where the time goes;
+//! 6. tenants: N activities in one process, start-up, memory, first task per tenant.
 //!
 //! Run it with `bash bench/run.sh [--quick] [--localstack]` (see BENCHMARKS.md).
 
@@ -19,6 +20,7 @@ mod raw_client;
 mod report;
 mod sandbox_cost;
 mod startup;
+mod tenants;
 mod throughput;
 mod timed;
 
@@ -56,7 +58,8 @@ struct Args {
     /// Also measure against LocalStack's Step Functions (slow: ~20 tasks/s)
     #[arg(long)]
     localstack: bool,
-    /// Run only these sections (1 sandbox, 2 throughput, 3 memory, 4 start-up, 5 LocalStack)
+    /// Run only these sections (1 sandbox, 2 throughput, 3 memory, 4 start-up and idle, 5
+    /// LocalStack, 6 tenants)
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Override the number of tasks per throughput run
@@ -184,6 +187,14 @@ async fn run(args: Args) -> Result<()> {
     if wanted(4) {
         startup::startup().await?;
         idle::idle_cpu(counts.idle_window).await?;
+    }
+    if wanted(6) {
+        let counts: &[usize] = if args.quick {
+            &[1, 5]
+        } else {
+            &[1, 5, 20, 100]
+        };
+        tenants::tenants(counts).await?;
     }
     if args.localstack || args.only.contains(&5) {
         localstack::localstack(&guests[0].1, counts.localstack_tasks).await?;

@@ -1,5 +1,6 @@
 //! Section 4: process start → first GetActivityTask of the worker binary, with a cold and
-//! then a warm compilation cache.
+//! then a warm cache, and with a precompiled component (`sfn-wasm-worker compile`) on an
+//! empty cache, as a new machine would start.
 
 use crate::memory::rss_bytes;
 use crate::report::Table;
@@ -32,6 +33,7 @@ pub(crate) async fn startup() -> Result<()> {
             "size MiB",
             "cold cache ms",
             "warm cache ms",
+            "precompiled, empty cache ms",
             "worker RSS idle MiB",
         ],
     );
@@ -40,6 +42,23 @@ pub(crate) async fn startup() -> Result<()> {
         let cache = tempfile::tempdir()?;
         let cold = time_to_first_poll(&binary, &component, cache.path()).await?;
         let warm = time_to_first_poll(&binary, &component, cache.path()).await?;
+        let precompiled = cache.path().join(format!("{name}.cwasm"));
+        let status = tokio::process::Command::new(&binary)
+            .arg("compile")
+            .arg(&component)
+            .arg("-o")
+            .arg(&precompiled)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!(
+                "sfn-wasm-worker compile {} failed: {status}",
+                component.display()
+            );
+        }
+        let empty_cache = tempfile::tempdir()?;
+        let shipped = time_to_first_poll(&binary, &precompiled, empty_cache.path()).await?;
         table.row(vec![
             language.into(),
             format!(
@@ -48,11 +67,12 @@ pub(crate) async fn startup() -> Result<()> {
             ),
             format!("{:.0}", cold.0.as_secs_f64() * 1e3),
             format!("{:.0}", warm.0.as_secs_f64() * 1e3),
+            format!("{:.0}", shipped.0.as_secs_f64() * 1e3),
             format!("{:.1}", warm.1 as f64 / 1048576.0),
         ]);
     }
     table.print();
-    println!("   target: warm-cache start-up of the Python guest ≤ 1000 ms");
+    println!("   targets: warm-cache start-up of the Python guest ≤ 1000 ms; precompiled on an empty cache ≤ 300 ms");
     Ok(())
 }
 

@@ -56,7 +56,7 @@ struct Cli {
 
 #[derive(Args)]
 struct GlobalArgs {
-    /// Directory of the compilation cache [default: `[worker] cache_dir`, else wasmtime's, under ~/.cache]
+    /// Directory of compiled components [default: `[worker] cache_dir`, else ~/.cache/sfn-wasm-worker]
     #[arg(long, global = true, env = "SFN_WASM_WORKER_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Compile every component at start-up instead of using the cache
@@ -94,6 +94,15 @@ enum Command {
     Check {
         /// The component (.wasm)
         component: PathBuf,
+    },
+    /// Precompile a component for this worker (checked against the world): `run` and `invoke`
+    /// then load it without compiling, e.g. on a new machine or in a container image
+    Compile {
+        /// The component (.wasm)
+        component: PathBuf,
+        /// Where to write the precompiled component
+        #[arg(long, short)]
+        output: PathBuf,
     },
     /// Start a new guest project: a working handler, its build command and a sample input
     New {
@@ -235,6 +244,7 @@ fn main() -> ExitCode {
         Command::Invoke(args) => runtime.block_on(invoke(args, &cli.global)),
         Command::Check { component } => check(component, &cli.global),
         Command::New { lang, name, dir } => new_project(lang, &name, &dir),
+        Command::Compile { component, output } => compile(&component, &output, &cli.global),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
@@ -442,6 +452,24 @@ fn new_project(language: Language, name: &str, parent: &Path) -> Result<ExitCode
     println!(
         "created {}: see its README.md to build it and invoke it with input.json",
         dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compile(component: &Path, output: &Path, global: &GlobalArgs) -> Result<ExitCode> {
+    let runtime = Runtime::new(&EngineSettings {
+        max_concurrent_tasks: 1,
+        max_memory_bytes: DEFAULT_MEMORY_LIMIT,
+        cache: CacheSetting::resolve(global.no_cache, global.cache_dir.clone()),
+    })?;
+    let artefact = runtime.precompile(component)?;
+    std::fs::write(output, &artefact).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "{} → {} ({} bytes): give it as the activity's component; it loads without compiling \
+         on any machine running this version of sfn-wasm-worker on the same CPU family",
+        component.display(),
+        output.display(),
+        artefact.len()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! Components: one engine and linker for the process ([`Runtime`]), and components loaded
 //! once, checked against the `sfn:activity/handler` world and pre-instantiated ([`Guest`]).
 
+use crate::sandbox::artefacts::Artefacts;
 use crate::sandbox::bindings::{Handler, HandlerPre};
 use crate::sandbox::capabilities::Grants;
 use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker, TickDemand};
@@ -8,7 +9,7 @@ use crate::sandbox::limits::TaskLimits;
 use crate::sandbox::outcome::TaskEnd;
 use crate::sandbox::run::{self, HandlerFuture, Task, TaskHandler, TaskStats};
 use crate::sandbox::store::{self, TaskState};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::component::types::ComponentItem;
@@ -22,6 +23,7 @@ pub const WORLD: &str = "sfn:activity/handler@0.1.0";
 /// The engine, the linker holding every host function, and the epoch ticker.
 pub struct Runtime {
     engine: Engine,
+    artefacts: Artefacts,
     linker: Linker<TaskState>,
     ticker: EpochTicker,
 }
@@ -72,6 +74,7 @@ impl Runtime {
             .context("linking the sfn:activity host interface")?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Runtime {
+            artefacts: Artefacts::new(&engine, &settings.cache),
             engine,
             linker,
             ticker,
@@ -114,18 +117,22 @@ impl Runtime {
         })
     }
 
+    /// How many distinct components (by their bytes) this runtime has loaded: activities
+    /// that use the same component share one.
+    pub fn loaded_components(&self) -> usize {
+        self.artefacts.loaded()
+    }
+
     fn compile(&self, path: &Path) -> Result<Component> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
-        check_is_component(path, &bytes)?;
-        Component::new(&self.engine, &bytes)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-            format!(
-                "{} is not a valid WebAssembly component; rebuild it (`wasm-tools validate` says more)",
-                path.display()
-            )
-        })
+        self.artefacts.component(path)
+    }
+
+    /// The precompiled artefact of the component at `path`, after checking it against the
+    /// world, for `sfn-wasm-worker compile`.
+    pub fn precompile(&self, path: &Path) -> Result<Vec<u8>> {
+        let (artefact, component) = self.artefacts.precompile(path)?;
+        self.pre_instantiate(path, &component)?;
+        Ok(artefact)
     }
 
     fn pre_instantiate(&self, path: &Path, component: &Component) -> Result<Guest> {
@@ -225,26 +232,6 @@ fn link_http(linker: &mut Linker<TaskState>) -> Result<()> {
         })
         .map_err(anyhow::Error::from)
         .context("linking wasi:http/outgoing-handler")
-}
-
-/// Refuses core modules and non-wasm files with a message that says what to do instead.
-fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
-    const MAGIC: &[u8] = b"\0asm";
-    if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        bail!(
-            "{} is not a WebAssembly file (no \\0asm header)",
-            path.display()
-        );
-    }
-    let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
-    if layer == 0 {
-        bail!(
-            "{} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
-             or wrap it with `wasm-tools component new` (see README: building a guest)",
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 fn item_kind(item: &ComponentItem) -> &'static str {

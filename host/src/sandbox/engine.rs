@@ -1,6 +1,6 @@
 //! The process-wide wasmtime [`Engine`]: pooling allocator sized from the worker's
-//! concurrency, copy-on-write memory images, epoch interruption driven by its own OS thread,
-//! and the on-disk compilation cache.
+//! concurrency, copy-on-write memory images, and epoch interruption driven by its own OS
+//! thread while guests run.
 
 use crate::sandbox::limits::{
     COMPONENT_INSTANCE_METADATA_BYTES, CORE_INSTANCES_PER_TASK, CORE_INSTANCE_METADATA_BYTES,
@@ -11,35 +11,46 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::{
-    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
-    PoolingAllocationConfig,
-};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances; also how often a running guest yields to the runtime and
 /// has its deadline checked.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Where compiled components are cached on disk.
+/// Where compiled components are kept on disk (see [`crate::sandbox::artefacts`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum CacheSetting {
-    /// wasmtime's default directory (under `$XDG_CACHE_HOME` or `~/.cache`).
+    /// `$XDG_CACHE_HOME/sfn-wasm-worker`, else `~/.cache/sfn-wasm-worker`.
     #[default]
     Default,
     /// This directory.
     Directory(PathBuf),
-    /// No cache: every start compiles every component.
+    /// No cache: every start compiles every component, into anonymous memory.
     Disabled,
 }
 
 impl CacheSetting {
     /// The setting chosen by `--no-cache` (wins) or the first directory given (the command
-    /// line's before the config file's), else wasmtime's default.
+    /// line's before the config file's), else the default.
     pub fn resolve(disabled: bool, directory: Option<PathBuf>) -> CacheSetting {
         match (disabled, directory) {
             (true, _) => CacheSetting::Disabled,
             (false, Some(dir)) => CacheSetting::Directory(dir),
             (false, None) => CacheSetting::Default,
+        }
+    }
+
+    /// The directory this setting names, if any (`None` when disabled, or when the default
+    /// has no home to live in).
+    pub fn directory(&self) -> Option<PathBuf> {
+        match self {
+            CacheSetting::Disabled => None,
+            CacheSetting::Directory(dir) => Some(dir.clone()),
+            CacheSetting::Default => std::env::var_os("XDG_CACHE_HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+                .map(|base| base.join("sfn-wasm-worker")),
         }
     }
 }
@@ -51,14 +62,14 @@ pub struct EngineSettings {
     pub max_concurrent_tasks: u32,
     /// The largest per-task memory limit in use, in bytes: the size of a pooled memory slot.
     pub max_memory_bytes: u64,
-    /// The on-disk compilation cache.
+    /// Where compiled components are kept.
     pub cache: CacheSetting,
 }
 
 /// Builds the engine, preferring the pooling allocator and falling back (with a warning) to
 /// on-demand allocation when the pool's address-space reservation fails.
 pub fn build_engine(settings: &EngineSettings) -> Result<Engine> {
-    let mut config = base_config(settings)?;
+    let mut config = base_config();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
         settings,
     )));
@@ -71,7 +82,7 @@ pub fn build_engine(settings: &EngineSettings) -> Result<Engine> {
                 "could not reserve address space for the pooling allocator; \
                  falling back to on-demand allocation (slower instantiation)"
             );
-            let mut config = base_config(settings)?;
+            let mut config = base_config();
             config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
             Engine::new(&config)
                 .map_err(anyhow::Error::from)
@@ -80,36 +91,15 @@ pub fn build_engine(settings: &EngineSettings) -> Result<Engine> {
     }
 }
 
-fn base_config(settings: &EngineSettings) -> Result<Config> {
+/// What every engine of the worker shares; precompiled components must be built with it.
+fn base_config() -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
         .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
-    config.cache(open_cache(&settings.cache));
-    Ok(config)
-}
-
-fn open_cache(setting: &CacheSetting) -> Option<Cache> {
-    let mut cache_config = CacheConfig::new();
-    match setting {
-        CacheSetting::Disabled => return None,
-        CacheSetting::Default => {}
-        CacheSetting::Directory(dir) => {
-            cache_config.with_directory(dir);
-        }
-    }
-    match Cache::new(cache_config) {
-        Ok(cache) => Some(cache),
-        Err(err) => {
-            tracing::warn!(
-                error = %format!("{err:#}"),
-                "the compilation cache is unavailable; components will be compiled at every start"
-            );
-            None
-        }
-    }
+    config
 }
 
 fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
@@ -270,10 +260,18 @@ mod tests {
                 let spin = instance
                     .get_typed_func::<(), ()>(&mut store, "spin")
                     .unwrap();
+                let started = std::time::Instant::now();
                 let trap = spin.call(&mut store, ()).unwrap_err();
                 assert_eq!(
                     trap.downcast_ref::<wasmtime::Trap>(),
                     Some(&wasmtime::Trap::Interrupt)
+                );
+                // Its deadline was the next tick: stopped within a tick or two, never left
+                // spinning until some later guest restarts the ticker.
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "{:?}",
+                    started.elapsed()
                 );
             }
             done.send(()).unwrap();

@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: the process-wide wasmtime engine (instance pool, epoch ticker, cache);
 //! - [`component`]: loading a component, checking it against the world, pre-instantiating it;
+//! - [`artefacts`]: compiled components, cached and mapped from files, loaded once;
 //! - [`limits`]: the one table of per-task limits (pool slots, store limiter, memory cap);
 //! - [`capabilities`]: what an activity grants its guest (env, read-only directories,
 //!   outbound HTTP);
@@ -14,6 +15,7 @@
 //! - [`outcome`]: the outcome rules (README's table): how a run's end becomes a report;
 //! - [`bindings`]: host bindings generated from `wit/`.
 
+pub mod artefacts;
 pub mod bindings;
 pub mod capabilities;
 pub mod component;

@@ -486,3 +486,75 @@ async fn tenants_get_their_own_component_and_limits() {
     );
     worker.stop().await;
 }
+
+/// The worker binary: a first SIGTERM starts the drain (an open poll is awaited, a running
+/// task may finish); a second one stops at once, failing the running task with
+/// Worker.ShuttingDown, without waiting for the open poll (held 60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
+    let fake = FakeSfn::start().await;
+    fake.set_poll_hold(Duration::from_secs(60));
+    let arn = fake.create_activity("hurried");
+    let token = fake.enqueue(
+        &arn,
+        &json!({"behaviour": "sleep", "ms": 60_000}).to_string(),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+        .args(["run", "--activity-arn", &arn, "--component"])
+        .arg(guest_path("adversary"))
+        .args([
+            "--max-concurrency",
+            "2",
+            "--pollers",
+            "2",
+            "--timeout",
+            "120s",
+        ])
+        .args([
+            "--drain-timeout",
+            "60s",
+            "--endpoint-url",
+            &fake.endpoint,
+            "--region",
+            "us-east-1",
+        ])
+        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    fake.wait_until(WAIT, "the task to run and a poll to be open", |f| {
+        f.task(&token).state == TaskState::Running && f.open_polls(&arn) >= 1
+    })
+    .await;
+    let signal = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(signal(child.id()).success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal must drain, not stop"
+    );
+    let hurried = Instant::now();
+    assert!(signal(child.id()).success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            hurried.elapsed() < Duration::from_secs(15),
+            "still running after a second signal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    match fake.task(&token).state {
+        TaskState::Failed { error, .. } => assert_eq!(error, "Worker.ShuttingDown"),
+        other => panic!("expected Worker.ShuttingDown, got {other:?}"),
+    }
+}

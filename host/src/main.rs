@@ -327,9 +327,9 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
     })?;
     release_freed_memory();
     let shutdown = CancellationToken::new();
-    let on_signals = shutdown.clone();
+    let on_signals = (shutdown.clone(), worker.hurry());
     tokio::spawn(async move {
-        if let Err(err) = shutdown::cancel_on_signals(on_signals).await {
+        if let Err(err) = shutdown::cancel_on_signals(on_signals.0, on_signals.1).await {
             tracing::error!(error = %err, "cannot listen for SIGTERM/SIGINT");
         }
     });

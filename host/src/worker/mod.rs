@@ -54,6 +54,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Cancelled when the drain timeout has ended: running tasks are stopped at once.
     drain_expired: CancellationToken,
+    /// Cancelled to stop draining at once: open polls are abandoned too.
+    hurry: CancellationToken,
 }
 
 /// The worker: activities with loaded components, a Step Functions client, counters.
@@ -63,6 +65,7 @@ pub struct Worker {
     worker_name: Arc<str>,
     drain_timeout: Duration,
     stats: Arc<WorkerStats>,
+    hurry: CancellationToken,
 }
 
 impl Worker {
@@ -115,7 +118,16 @@ impl Worker {
             worker_name: config.worker_name().into(),
             drain_timeout: config.drain_timeout(),
             stats: Arc::default(),
+            hurry: CancellationToken::new(),
         })
+    }
+
+    /// Cancel it during a shutdown to stop draining at once (the second SIGTERM/SIGINT):
+    /// running tasks fail with `Worker.ShuttingDown` right away, and open polls are
+    /// abandoned instead of awaited, so a task Step Functions hands to one of them waits for
+    /// its timeout (heartbeat or task) before it is retried.
+    pub fn hurry(&self) -> CancellationToken {
+        self.hurry.clone()
     }
 
     /// The worker's counters (shared; they keep counting while it runs).
@@ -132,6 +144,7 @@ impl Worker {
             stats: self.stats,
             shutdown: shutdown.clone(),
             drain_expired: CancellationToken::new(),
+            hurry: self.hurry.clone(),
         });
         let mut pollers = JoinSet::new();
         let tasks = TaskTracker::new();
@@ -173,10 +186,17 @@ impl Worker {
         let in_time = tokio::select! {
             _ = &mut drain => true,
             _ = tokio::time::sleep(self.drain_timeout) => false,
+            _ = shared.hurry.cancelled() => false,
         };
         if !in_time {
             let drain_timeout = humantime::format_duration(self.drain_timeout);
-            if tasks.is_empty() {
+            if shared.hurry.is_cancelled() {
+                tracing::warn!(
+                    tasks = tasks.len(),
+                    "stopping now: failing running tasks with Worker.ShuttingDown and \
+                     abandoning open polls (a task handed to one waits for its timeout)"
+                );
+            } else if tasks.is_empty() {
                 tracing::info!(
                     %drain_timeout,
                     "drain timeout reached with no task running; waiting for the open polls to \

@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 const POLL_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
 
 /// Polls for `activity` until shutdown, or until Step Functions says the activity does not
-/// exist. A poll in flight is never aborted: a task it brings must run, not be lost until
-/// its timeout.
+/// exist. A poll in flight is not aborted by a shutdown (a task it brings must run, not be
+/// lost until its timeout); only [`crate::worker::Worker::hurry`] abandons it.
 pub(crate) async fn poll_loop(
     shared: Arc<Shared>,
     activity: Arc<Activity>,
@@ -32,7 +32,11 @@ pub(crate) async fn poll_loop(
             permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
             _ = shared.shutdown.cancelled() => return,
         };
-        match shared.client.poll(&activity.arn, &shared.worker_name).await {
+        let polled = tokio::select! {
+            polled = shared.client.poll(&activity.arn, &shared.worker_name) => polled,
+            _ = shared.hurry.cancelled() => return,
+        };
+        match polled {
             Ok(received) => {
                 bump(&shared.stats.polls);
                 if backoff.attempts() > 0 {

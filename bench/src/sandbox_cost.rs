@@ -40,11 +40,23 @@ pub(crate) async fn sandbox_cost(
         ratio(floor.0),
     ]);
 
+    let mut phases = Table::new(
+        "1b. Where a task's sandbox time goes, by phase (p50 µs of the same tasks)",
+        &[
+            "guest",
+            "store",
+            "instantiate",
+            "handle",
+            "drop",
+            "sum of p50s",
+        ],
+    );
     for (language, guest) in guests {
         let mut samples = Vec::with_capacity(iterations);
+        let mut by_phase: [Vec<Duration>; 4] = Default::default();
         for i in 0..warmup + iterations {
             let started = Instant::now();
-            let (end, _) = guest
+            let (end, stats) = guest
                 .run(
                     task(ORDER, heartbeat.clone()),
                     &limits(),
@@ -57,8 +69,24 @@ pub(crate) async fn sandbox_cost(
             }
             if i >= warmup {
                 samples.push(elapsed);
+                let p = stats.phases;
+                for (phase, took) in
+                    by_phase
+                        .iter_mut()
+                        .zip([p.store, p.instantiate, p.handle, p.drop])
+                {
+                    phase.push(took);
+                }
             }
         }
+        let medians: Vec<Duration> = by_phase
+            .iter_mut()
+            .map(|phase| percentiles(phase).0)
+            .collect();
+        let mut row = vec![language.to_string()];
+        row.extend(medians.iter().map(|median| us(*median)));
+        row.push(us(medians.iter().sum()));
+        phases.row(row);
         let (p50, p99) = percentiles(&mut samples);
         table.row(vec![
             format!("{language} guest: instantiate + handle + drop"),
@@ -85,6 +113,7 @@ pub(crate) async fn sandbox_cost(
     ]);
     table.print();
     println!("   target: the Rust guest ≤ 3 × the floor");
+    phases.print();
     Ok(())
 }
 

@@ -54,9 +54,11 @@ export function heartbeat() {
   }
 }
 
-/** The `handle` export for the world: runs `fn(input, ctx)` per task. */
+/** The `handle` export for the world: runs `fn(input, ctx)` per task. A handler that
+ * returns a plain value is called synchronously; one that returns a promise (an async
+ * function) is awaited. */
 export function handler(fn) {
-  return async function handle(input, context) {
+  return function handle(input, context) {
     let value;
     try {
       value = JSON.parse(input);
@@ -65,7 +67,7 @@ export function handler(fn) {
     }
     let result;
     try {
-      result = await fn(value, {
+      result = fn(value, {
         activityArn: context.activityArn,
         workerName: context.workerName,
         taskId: context.taskId,
@@ -75,6 +77,11 @@ export function handler(fn) {
       });
     } catch (err) {
       throw toTaskError(err);
+    }
+    if (typeof result?.then === "function") {
+      return result.then(serialise, (err) => {
+        throw toTaskError(err);
+      });
     }
     return serialise(result);
   };

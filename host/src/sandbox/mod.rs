@@ -32,4 +32,4 @@ pub use capabilities::Grants;
 pub use component::{Guest, Runtime, WORLD};
 pub use limits::TaskLimits;
 pub use outcome::{Outcome, TaskEnd};
-pub use run::{HandlerFuture, Task, TaskHandler, TaskStats};
+pub use run::{HandlerFuture, Phases, Task, TaskHandler, TaskStats};

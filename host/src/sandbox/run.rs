@@ -35,11 +35,26 @@ pub struct Task {
     pub interrupt: Interrupt,
 }
 
+/// Where one task's sandbox time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Creating the store (WASI context, host state, limiter).
+    pub store: Duration,
+    /// Instantiating the component in it.
+    pub instantiate: Duration,
+    /// `handle`: lowering the input, the guest's work, lifting the result.
+    pub handle: Duration,
+    /// Dropping the store (returning instances and memories to the pool).
+    pub drop: Duration,
+}
+
 /// Figures about one finished task, for logs and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct TaskStats {
-    /// Wall-clock time from store creation to the end.
+    /// Wall-clock time from store creation to the store dropped.
     pub elapsed: Duration,
+    /// The same time by phase.
+    pub phases: Phases,
     /// Peak linear memory the guest held, in bytes.
     pub peak_memory: u64,
     /// Heartbeats the guest asked for.
@@ -102,13 +117,23 @@ pub(crate) async fn run_task(
             task.interrupt.clone(),
         ),
     };
+    let mut phases = Phases::default();
+    let mut instantiated_at = None;
     let (stop, store) = match new_store(pre.engine(), setup) {
-        Ok(mut store) => (
-            call_guest(pre, &mut store, &task, limits).await,
-            Some(store),
-        ),
+        Ok(mut store) => {
+            phases.store = started.elapsed();
+            let stop = call_guest(pre, &mut store, &task, limits, &mut instantiated_at).await;
+            (stop, Some(store))
+        }
         Err(err) => (RunStop::SetupFailed(err), None),
     };
+    let handled_at = Instant::now();
+    if let Some(instantiated_at) = instantiated_at {
+        phases.instantiate = instantiated_at - (started + phases.store);
+        phases.handle = handled_at - instantiated_at;
+    } else {
+        phases.instantiate = handled_at.saturating_duration_since(started + phases.store);
+    }
     let state = store.as_ref().map(Store::data);
     let facts = RunFacts {
         limits,
@@ -116,15 +141,20 @@ pub(crate) async fn run_task(
         interrupt: task.interrupt.reason(),
         stderr_tail: stderr.tail_text(),
     };
-    let stats = TaskStats {
-        elapsed: started.elapsed(),
+    let mut stats = TaskStats {
         peak_memory: state.map_or(0, |s| s.limiter().peak()),
         heartbeats: state.map_or(0, |s| s.host().heartbeats_requested()),
         outbound_requests: state.map_or(0, |s| s.outbound().sent()),
         outbound_denied: state.map_or(0, |s| s.outbound().denied()),
         stdout_tail: stdout.tail_text(),
         stderr_tail: facts.stderr_tail.clone(),
+        ..TaskStats::default()
     };
+    let dropping = Instant::now();
+    drop(store);
+    phases.drop = dropping.elapsed();
+    stats.elapsed = started.elapsed();
+    stats.phases = phases;
     (TaskEnd::from_stop(stop, &facts), stats)
 }
 
@@ -135,6 +165,7 @@ async fn call_guest(
     store: &mut Store<TaskState>,
     task: &Task,
     limits: &TaskLimits,
+    instantiated_at: &mut Option<Instant>,
 ) -> RunStop {
     let context = TaskContext {
         activity_arn: task.activity_arn.to_string(),
@@ -148,6 +179,7 @@ async fn call_guest(
             Ok(handler) => handler,
             Err(err) => return RunStop::InstantiationError(err),
         };
+        *instantiated_at = Some(Instant::now());
         match handler
             .call_handle(&mut *store, &task.input, &context)
             .await

@@ -168,6 +168,9 @@ struct RunArgs {
     /// How long shutdown waits for in-flight tasks (overrides `[worker] drain_timeout`) [default: 30s]
     #[arg(long)]
     drain_timeout: Option<HumanDuration>,
+    /// Serve /metrics, /healthz and /readyz here, e.g. 0.0.0.0:9090 (overrides `[worker] metrics_addr`) [default: off]
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// One activity's per-task limits, for `invoke` and `run --activity-arn`.
@@ -306,6 +309,7 @@ fn run_config(args: &RunArgs) -> Result<Config> {
     worker.endpoint_url = args.endpoint_url.clone().or(worker.endpoint_url.take());
     worker.region = args.region.clone().or(worker.region.take());
     worker.drain_timeout = args.drain_timeout.or(worker.drain_timeout);
+    worker.metrics_addr = args.metrics_addr.or(worker.metrics_addr);
     Ok(config)
 }
 

@@ -58,9 +58,11 @@ pub struct WorkerSection {
     /// How long shutdown waits for in-flight tasks before failing them with
     /// `Worker.ShuttingDown` (default 30s).
     pub drain_timeout: Option<HumanDuration>,
-    /// Compilation cache directory; relative paths are relative to the config file
-    /// (default: wasmtime's, under ~/.cache).
+    /// Compiled components' directory; relative paths are relative to the config file
+    /// (default: ~/.cache/sfn-wasm-worker).
     pub cache_dir: Option<PathBuf>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, e.g. `0.0.0.0:9090` (default: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `[[activity]]`: one activity and the component that handles its tasks.

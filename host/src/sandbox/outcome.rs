@@ -37,6 +37,17 @@ pub const TIMEOUT: &str = "Wasm.Timeout";
 /// The guest tried to grow its memory past its cap (the activity's `memory_limit`).
 pub const OUT_OF_MEMORY: &str = "Wasm.OutOfMemory";
 
+/// Every error name the worker itself reports (the table above); any other is the guest's.
+pub const WORKER_ERRORS: [&str; 7] = [
+    INVALID_OUTPUT,
+    OUTPUT_TOO_LARGE,
+    SHUTTING_DOWN,
+    INSTANTIATION_FAILED,
+    TRAP,
+    TIMEOUT,
+    OUT_OF_MEMORY,
+];
+
 /// Step Functions' limit on a task's output: 256 KiB of UTF-8.
 pub const MAX_OUTPUT_BYTES: usize = 262_144;
 /// Step Functions' limit on SendTaskFailure's `error`, in characters.

@@ -63,6 +63,8 @@ pub struct TaskStats {
     pub outbound_requests: u32,
     /// Outbound HTTP requests the guest was denied.
     pub outbound_denied: u32,
+    /// How each outbound request ended (see [`crate::sandbox::outbound::OutboundHooks::results`]).
+    pub outbound_results: Vec<&'static str>,
     /// The tail of the guest's stdout.
     pub stdout_tail: String,
     /// The tail of the guest's stderr.
@@ -150,9 +152,12 @@ pub(crate) async fn run_task(
         stderr_tail: facts.stderr_tail.clone(),
         ..TaskStats::default()
     };
+    let outbound_results = state.map(|s| s.outbound().results());
     let dropping = Instant::now();
     drop(store);
     phases.drop = dropping.elapsed();
+    // Read after the drop: a response the guest still held is recorded as it goes.
+    stats.outbound_results = outbound_results.map_or_else(Vec::new, |r| r.lock().unwrap().clone());
     stats.elapsed = started.elapsed();
     stats.phases = phases;
     (TaskEnd::from_stop(stop, &facts), stats)

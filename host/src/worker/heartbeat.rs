@@ -3,6 +3,7 @@
 //! interrupts the guest, so that its slot frees up for work someone will accept.
 
 use crate::sandbox::host_api::{BeatFuture, Heartbeat, Interrupt, InterruptReason};
+use crate::worker::metrics::Metrics;
 use crate::worker::sfn::{ApiError, SfnClient};
 use crate::worker::stats::{bump, WorkerStats};
 use std::collections::HashSet;
@@ -21,6 +22,7 @@ pub(crate) struct TaskHeartbeat {
     token: String,
     interrupt: Interrupt,
     stats: Arc<WorkerStats>,
+    metrics: Arc<Metrics>,
     last_sent: Mutex<Option<Instant>>,
     /// Set by the first heartbeat Step Functions accepted: from then on `InvalidToken`
     /// means the task was closed (a timeout, a stopped execution), not "no HeartbeatSeconds".
@@ -36,12 +38,14 @@ impl TaskHeartbeat {
         token: String,
         interrupt: Interrupt,
         stats: Arc<WorkerStats>,
+        metrics: Arc<Metrics>,
     ) -> TaskHeartbeat {
         TaskHeartbeat {
             client,
             token,
             interrupt,
             stats,
+            metrics,
             last_sent: Mutex::new(None),
             accepted_once: AtomicBool::new(false),
             logged: Mutex::default(),
@@ -70,15 +74,20 @@ impl TaskHeartbeat {
     /// then interrupted.
     async fn send(&self) -> Result<(), String> {
         *self.last_sent.lock().unwrap() = Some(Instant::now());
-        let error = match self.client.send_heartbeat(&self.token).await {
+        let sent = self.client.send_heartbeat(&self.token).await;
+        self.metrics
+            .api_call("SendTaskHeartbeat", sent.as_ref().err().map(ApiError::kind));
+        let error = match sent {
             Ok(()) => {
                 bump(&self.stats.heartbeats_sent);
+                Metrics::count(&self.metrics.heartbeats, "sent");
                 self.accepted_once.store(true, Ordering::Relaxed);
                 return Ok(());
             }
             Err(error) => error,
         };
         bump(&self.stats.heartbeat_errors);
+        Metrics::count(&self.metrics.heartbeats, "failed");
         match error {
             ApiError::TaskGone(code) => {
                 self.task_is_over(format!("{code} on SendTaskHeartbeat"));

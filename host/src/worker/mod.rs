@@ -7,10 +7,12 @@
 //! - `task`: one task's lifecycle (sandbox, heartbeat, report, log line);
 //! - `heartbeat`: SendTaskHeartbeat on an interval and on the guest's request;
 //! - `report`: SendTaskSuccess/SendTaskFailure with retries;
-//! - [`stats`]: the counters; [`backoff`]: retry delays; [`shutdown`]: signals.
+//! - [`stats`]: the counters; [`metrics`]: Prometheus metrics and health endpoints;
+//!   [`backoff`]: retry delays; [`shutdown`]: signals.
 
 pub mod backoff;
 mod heartbeat;
+pub mod metrics;
 mod poller;
 mod report;
 pub mod sfn;
@@ -25,6 +27,7 @@ pub use stats::{StatsSnapshot, WorkerStats};
 use crate::config::{ActivityConfig, Config};
 use crate::sandbox::{Grants, Runtime, TaskHandler, TaskLimits};
 use anyhow::{bail, Context as _, Result};
+use metrics::{activity_label, Metrics, Readiness};
 use sfn::SfnClient;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -43,6 +46,8 @@ struct Activity {
     config: ActivityConfig,
     /// Set when Step Functions says the activity does not exist: its pollers stop.
     stopped: AtomicBool,
+    /// Set when a poll of the activity was first answered (readiness).
+    first_poll_answered: Arc<AtomicBool>,
 }
 
 /// What every poller and task shares.
@@ -56,6 +61,7 @@ struct Shared {
     drain_expired: CancellationToken,
     /// Cancelled to stop draining at once: open polls are abandoned too.
     hurry: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// The worker: activities with loaded components, a Step Functions client, counters.
@@ -66,6 +72,8 @@ pub struct Worker {
     drain_timeout: Duration,
     stats: Arc<WorkerStats>,
     hurry: CancellationToken,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Worker {
@@ -74,13 +82,24 @@ impl Worker {
     pub fn new(runtime: &Runtime, config: &Config, client: SfnClient) -> Result<Worker> {
         config.validate()?;
         let mut handlers: Vec<Arc<dyn TaskHandler>> = Vec::new();
+        let mut load_seconds = Vec::new();
         for activity in &config.activities {
+            let loading = std::time::Instant::now();
             let guest = runtime
                 .load(&activity.component)
                 .with_context(|| format!("activity {}: key `component`", activity.arn))?;
+            load_seconds.push(loading.elapsed().as_secs_f64());
             handlers.push(Arc::new(guest));
         }
-        Worker::with_handlers(config, handlers, client)
+        let worker = Worker::with_handlers(config, handlers, client)?;
+        for (activity, seconds) in config.activities.iter().zip(load_seconds) {
+            worker
+                .metrics
+                .component_load_seconds
+                .get_or_create(&activity_label(&activity.arn))
+                .set(seconds);
+        }
+        Ok(worker)
     }
 
     /// A worker whose activities (in `config` order) run their tasks with `handlers`
@@ -109,6 +128,7 @@ impl Worker {
                     grants: activity.grants(),
                     config: activity.clone(),
                     stopped: AtomicBool::new(false),
+                    first_poll_answered: Arc::default(),
                 })
             })
             .collect();
@@ -119,6 +139,8 @@ impl Worker {
             drain_timeout: config.drain_timeout(),
             stats: Arc::default(),
             hurry: CancellationToken::new(),
+            metrics: Arc::default(),
+            metrics_addr: config.worker.metrics_addr,
         })
     }
 
@@ -130,14 +152,40 @@ impl Worker {
         self.hurry.clone()
     }
 
+    /// The worker's metrics (shared; served on `metrics_addr` while it runs).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The worker's counters (shared; they keep counting while it runs).
     pub fn stats(&self) -> Arc<WorkerStats> {
         self.stats.clone()
     }
 
     /// Serves every activity until `shutdown` is cancelled, then drains. Errors when every
-    /// activity has stopped because Step Functions does not know it.
+    /// activity has stopped because Step Functions does not know it, or (before any poll)
+    /// when the metrics address cannot be listened on.
     pub async fn run(self, shutdown: CancellationToken) -> Result<StatsSnapshot> {
+        let stop_serving = CancellationToken::new();
+        let _stop_serving_on_return = stop_serving.clone().drop_guard();
+        if let Some(addr) = self.metrics_addr {
+            let listener = metrics::bind(addr).await?;
+            let readiness = Readiness {
+                first_poll_answered: self
+                    .activities
+                    .iter()
+                    .map(|activity| activity.first_poll_answered.clone())
+                    .collect(),
+                draining: shutdown.clone(),
+            };
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            tokio::spawn(metrics::serve(
+                listener,
+                self.metrics.clone(),
+                Arc::new(readiness),
+                stop_serving,
+            ));
+        }
         let shared = Arc::new(Shared {
             client: self.client,
             worker_name: self.worker_name,
@@ -145,6 +193,7 @@ impl Worker {
             shutdown: shutdown.clone(),
             drain_expired: CancellationToken::new(),
             hurry: self.hurry.clone(),
+            metrics: self.metrics.clone(),
         });
         let mut pollers = JoinSet::new();
         let tasks = TaskTracker::new();

@@ -2,6 +2,7 @@
 //! to its own tokio task (which keeps the slot until it has reported), repeat.
 
 use crate::worker::backoff::Backoff;
+use crate::worker::metrics::activity_label;
 use crate::worker::sfn::ApiError;
 use crate::worker::stats::bump;
 use crate::worker::{task, Activity, Shared};
@@ -24,6 +25,9 @@ pub(crate) async fn poll_loop(
     tasks: TaskTracker,
 ) {
     let mut backoff = Backoff::new(POLL_BACKOFF.0, POLL_BACKOFF.1);
+    let label = activity_label(&activity.arn);
+    let free_slots = shared.metrics.free_slots.get_or_create_owned(&label);
+    let open_polls = shared.metrics.open_polls.get_or_create_owned(&label);
     loop {
         if shared.shutdown.is_cancelled() || activity.stopped.load(Ordering::SeqCst) {
             return;
@@ -32,23 +36,42 @@ pub(crate) async fn poll_loop(
             permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
             _ = shared.shutdown.cancelled() => return,
         };
+        free_slots.set(slots.available_permits() as i64);
+        open_polls.inc();
         let polled = tokio::select! {
-            polled = shared.client.poll(&activity.arn, &shared.worker_name) => polled,
-            _ = shared.hurry.cancelled() => return,
+            polled = shared.client.poll(&activity.arn, &shared.worker_name) => Some(polled),
+            _ = shared.hurry.cancelled() => None,
         };
+        open_polls.dec();
+        let Some(polled) = polled else {
+            return; // abandoned: the worker is stopping at once
+        };
+        shared
+            .metrics
+            .api_call("GetActivityTask", polled.as_ref().err().map(ApiError::kind));
         match polled {
             Ok(received) => {
                 bump(&shared.stats.polls);
+                activity.first_poll_answered.store(true, Ordering::Relaxed);
                 if backoff.attempts() > 0 {
                     tracing::info!(activity = %activity.arn, failed_polls = backoff.attempts(), "polling recovered");
                     backoff.reset();
                 }
-                if let Some(received) = received {
-                    let (shared, activity) = (shared.clone(), activity.clone());
-                    tasks.spawn(async move {
-                        task::run_task(&shared, &activity, received).await;
+                match received {
+                    Some(received) => {
+                        let (shared, activity) = (shared.clone(), activity.clone());
+                        let (slots, free_slots) = (slots.clone(), free_slots.clone());
+                        tasks.spawn(async move {
+                            task::run_task(&shared, &activity, received).await;
+                            drop(permit);
+                            free_slots.set(slots.available_permits() as i64);
+                        });
+                    }
+                    None => {
+                        shared.metrics.empty_polls.get_or_create(&label).inc();
                         drop(permit);
-                    });
+                        free_slots.set(slots.available_permits() as i64);
+                    }
                 }
             }
             Err(ApiError::ActivityGone(message)) => {

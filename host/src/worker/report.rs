@@ -3,6 +3,7 @@
 
 use crate::sandbox::Outcome;
 use crate::worker::backoff::Backoff;
+use crate::worker::metrics::Metrics;
 use crate::worker::sfn::{ApiError, SfnClient};
 use std::time::{Duration, Instant};
 
@@ -22,16 +23,23 @@ pub(crate) enum ReportError {
 /// Sends `outcome` for the task of `token`.
 pub(crate) async fn report(
     client: &SfnClient,
+    metrics: &Metrics,
     token: &str,
     outcome: &Outcome,
 ) -> Result<(), ReportError> {
     let deadline = Instant::now() + REPORT_DEADLINE;
     let mut backoff = Backoff::new(REPORT_BACKOFF.0, REPORT_BACKOFF.1);
     loop {
-        let sent = match outcome {
-            Outcome::Succeeded { output } => client.send_success(token, output).await,
-            Outcome::Failed { error, cause } => client.send_failure(token, error, cause).await,
+        let (operation, sent) = match outcome {
+            Outcome::Succeeded { output } => {
+                ("SendTaskSuccess", client.send_success(token, output).await)
+            }
+            Outcome::Failed { error, cause } => (
+                "SendTaskFailure",
+                client.send_failure(token, error, cause).await,
+            ),
         };
+        metrics.api_call(operation, sent.as_ref().err().map(ApiError::kind));
         match sent {
             Ok(()) => return Ok(()),
             Err(ApiError::TaskGone(code)) => return Err(ReportError::TaskGone(code)),
@@ -45,6 +53,7 @@ pub(crate) async fn report(
                     )));
                 }
                 tracing::debug!(error = %message, ?delay, "report failed; retrying");
+                Metrics::count(&metrics.reports, "retried");
                 tokio::time::sleep(delay).await;
             }
             Err(ApiError::Rejected(message) | ApiError::ActivityGone(message)) => {

@@ -57,6 +57,20 @@ pub enum ApiError {
     Rejected(String),
 }
 
+impl ApiError {
+    /// The kind of error, as a metric label: `activity_gone`, `task_gone`, `invalid_token`,
+    /// `retryable` or `rejected`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::ActivityGone(_) => "activity_gone",
+            ApiError::TaskGone(_) => "task_gone",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::Retryable(_) => "retryable",
+            ApiError::Rejected(_) => "rejected",
+        }
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

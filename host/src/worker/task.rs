@@ -4,6 +4,7 @@
 use crate::sandbox::host_api::{Interrupt, InterruptReason};
 use crate::sandbox::{Outcome, Task, TaskEnd, TaskStats};
 use crate::worker::heartbeat::TaskHeartbeat;
+use crate::worker::metrics::{activity_label, Metrics, OutboundLabels};
 use crate::worker::report::{report, ReportError};
 use crate::worker::sfn::ActivityTask;
 use crate::worker::stats::bump;
@@ -17,11 +18,20 @@ pub(crate) async fn run_task(shared: &Shared, activity: &Activity, task: Activit
     let span = tracing::info_span!("task", activity = %activity.arn, task_id = %task.task_id());
     async {
         bump(&shared.stats.tasks_started);
+        let in_flight = shared
+            .metrics
+            .in_flight
+            .get_or_create_owned(&activity_label(&activity.arn));
+        in_flight.inc();
         let started = Instant::now();
         let (end, stats) = run_in_sandbox(shared, activity, &task).await;
+        record_sandbox(&shared.metrics, &activity.arn, &stats);
         match end {
             TaskEnd::Abandoned(why) => {
                 bump(&shared.stats.abandoned);
+                shared
+                    .metrics
+                    .task_finished(&activity.arn, "abandoned", None);
                 tracing::warn!(
                     outcome = "abandoned",
                     reason = %why,
@@ -30,10 +40,21 @@ pub(crate) async fn run_task(shared: &Shared, activity: &Activity, task: Activit
                 );
             }
             TaskEnd::Report(outcome) => {
-                let reported = report(&shared.client, &task.token, &outcome).await;
+                let reported = report(&shared.client, &shared.metrics, &task.token, &outcome).await;
+                let (status, error) = match &outcome {
+                    Outcome::Succeeded { .. } => ("succeeded", None),
+                    Outcome::Failed { error, .. } => ("failed", Some(error.as_str())),
+                };
+                shared.metrics.task_finished(&activity.arn, status, error);
                 log_reported(shared, &outcome, reported, &stats, started);
             }
         }
+        in_flight.dec();
+        shared
+            .metrics
+            .task_seconds
+            .get_or_create(&activity_label(&activity.arn))
+            .observe(started.elapsed().as_secs_f64());
     }
     .instrument(span)
     .await
@@ -52,6 +73,7 @@ async fn run_in_sandbox(
         task.token.clone(),
         interrupt.clone(),
         shared.stats.clone(),
+        shared.metrics.clone(),
     ));
     let _ticker = activity
         .config
@@ -76,6 +98,24 @@ async fn run_in_sandbox(
     tokio::select! {
         ended = run => ended,
         never = stop_when_drain_expires => never,
+    }
+}
+
+/// Records what the sandbox saw of a task: its time, peak memory and outbound requests.
+fn record_sandbox(metrics: &Metrics, activity: &str, stats: &TaskStats) {
+    metrics
+        .sandbox_seconds
+        .get_or_create(&activity_label(activity))
+        .observe(stats.elapsed.as_secs_f64());
+    metrics.guest_memory(activity, stats.peak_memory);
+    for status in &stats.outbound_results {
+        metrics
+            .outbound
+            .get_or_create(&OutboundLabels {
+                activity: activity.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
     }
 }
 
@@ -122,6 +162,7 @@ fn log_reported(
         }
         Err(ReportError::Undelivered(message)) => {
             bump(&shared.stats.report_errors);
+            Metrics::count(&shared.metrics.reports, "lost");
             tracing::error!(
                 outcome = status,
                 error,

@@ -111,6 +111,8 @@ impl fmt::Debug for OutboundGrant {
 /// counts them.
 pub struct OutboundHooks {
     grant: Arc<OutboundGrant>,
+    /// How each request of the task ended, as its status class (`2xx`...), `error` or `denied`.
+    results: Arc<std::sync::Mutex<Vec<&'static str>>>,
     activity_arn: Arc<str>,
     task_id: String,
     task_deadline: Instant,
@@ -128,6 +130,7 @@ impl OutboundHooks {
     ) -> OutboundHooks {
         OutboundHooks {
             grant,
+            results: Arc::default(),
             activity_arn,
             task_id,
             task_deadline: task_deadline.into(),
@@ -144,6 +147,13 @@ impl OutboundHooks {
     /// Requests denied so far.
     pub fn denied(&self) -> u32 {
         self.denied
+    }
+
+    /// How each request of the task ended: `2xx`, `3xx`, `4xx`, `5xx` (the response's
+    /// status class), `error` (no response) or `denied`. A request is recorded when its
+    /// response is dropped: read it after the store is.
+    pub fn results(&self) -> Arc<std::sync::Mutex<Vec<&'static str>>> {
+        self.results.clone()
     }
 
     /// Admits a request to `scheme://authority` with these headers, or says why not (with a
@@ -185,6 +195,7 @@ impl OutboundHooks {
 
     fn deny(&mut self, authority: &str, why: &str, error: ErrorCode) -> ErrorCode {
         self.denied += 1;
+        self.results.lock().unwrap().push("denied");
         tracing::warn!(
             activity = %self.activity_arn,
             task_id = %self.task_id,
@@ -220,6 +231,7 @@ impl OutboundHooks {
                 status: None,
                 bytes: 0,
                 error: None,
+                results: self.results.clone(),
             },
             target,
             allowlist: self.grant.allowlist.clone(),
@@ -297,6 +309,7 @@ pub struct RequestLog {
     /// Response body bytes received so far.
     pub bytes: u64,
     error: Option<String>,
+    results: Arc<std::sync::Mutex<Vec<&'static str>>>,
 }
 
 impl RequestLog {
@@ -324,6 +337,14 @@ impl RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        let result = match self.status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(_) => "5xx",
+            None => "error",
+        };
+        self.results.lock().unwrap().push(result);
         tracing::debug!(
             activity = %self.activity_arn,
             task_id = %self.task_id,

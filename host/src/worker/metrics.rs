@@ -1,0 +1,392 @@
+//! The worker's metrics and health, served on one listener (`[worker] metrics_addr`):
+//! `/metrics` in the Prometheus/OpenMetrics text format, `/healthz` (the process serves) and
+//! `/readyz` (every activity's component is loaded and its first poll answered; not while
+//! draining). Label values are bounded: activity ARNs from the config, operation names,
+//! error kinds, and task errors reduced to the outcome table's names plus `guest`.
+
+use crate::sandbox::outcome::WORKER_ERRORS;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Labels: the activity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActivityLabel {
+    /// The activity's ARN.
+    pub activity: String,
+}
+
+/// Labels of a finished task.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// The activity's ARN.
+    pub activity: String,
+    /// `succeeded`, `failed` or `abandoned`.
+    pub outcome: String,
+    /// The error of a failed task: a name from the outcome table, or `guest`; else empty.
+    pub error: String,
+}
+
+/// Labels of a Step Functions call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `GetActivityTask`, `SendTaskSuccess`, `SendTaskFailure` or `SendTaskHeartbeat`.
+    pub operation: String,
+}
+
+/// Labels of a failed Step Functions call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabels {
+    /// The operation.
+    pub operation: String,
+    /// What kind of error: `activity_gone`, `task_gone`, `invalid_token`, `retryable`, `rejected`.
+    pub kind: String,
+}
+
+/// Labels with a result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// What happened.
+    pub result: String,
+}
+
+/// Labels of a guest's outbound request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    /// The activity's ARN.
+    pub activity: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`, `error` (no response) or `denied`.
+    pub status: String,
+}
+
+type Seconds = Family<ActivityLabel, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    // 100 µs to ~30 min.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 24))
+}
+
+/// Every metric the worker keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Tasks finished, by activity, outcome and error.
+    pub tasks: Family<TaskLabels, Counter>,
+    /// Time from receiving a task to its report.
+    pub task_seconds: Seconds,
+    /// Time a task spent in its sandbox.
+    pub sandbox_seconds: Seconds,
+    /// The most linear memory a guest of the activity has held.
+    pub guest_peak_memory: Family<ActivityLabel, Gauge>,
+    /// Tasks running now.
+    pub in_flight: Family<ActivityLabel, Gauge>,
+    /// Task slots neither running a task nor held by an open poll.
+    pub free_slots: Family<ActivityLabel, Gauge>,
+    /// Long polls open now.
+    pub open_polls: Family<ActivityLabel, Gauge>,
+    /// Polls answered without a task.
+    pub empty_polls: Family<ActivityLabel, Counter>,
+    /// Step Functions calls made.
+    pub api_calls: Family<OperationLabels, Counter>,
+    /// Step Functions calls that failed.
+    pub api_errors: Family<ApiErrorLabels, Counter>,
+    /// Heartbeats `sent` and `failed`.
+    pub heartbeats: Family<ResultLabel, Counter>,
+    /// Report attempts `retried`, and reports `lost` (never delivered).
+    pub reports: Family<ResultLabel, Counter>,
+    /// Guests' outbound HTTP requests, by status class.
+    pub outbound: Family<OutboundLabels, Counter>,
+    /// Time it took to load (compile or map) each activity's component.
+    pub component_load_seconds: Family<ActivityLabel, Gauge<f64, AtomicU64>>,
+    /// The process's resident memory, read at each scrape.
+    process_resident_memory: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("sfn_worker");
+        let metrics = Metrics {
+            tasks: Family::default(),
+            task_seconds: Seconds::new_with_constructor(seconds_histogram),
+            sandbox_seconds: Seconds::new_with_constructor(seconds_histogram),
+            guest_peak_memory: Family::default(),
+            in_flight: Family::default(),
+            free_slots: Family::default(),
+            open_polls: Family::default(),
+            empty_polls: Family::default(),
+            api_calls: Family::default(),
+            api_errors: Family::default(),
+            heartbeats: Family::default(),
+            reports: Family::default(),
+            outbound: Family::default(),
+            component_load_seconds: Family::default(),
+            process_resident_memory: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("tasks", "Tasks finished", metrics.tasks.clone());
+        registry.register(
+            "task_seconds",
+            "Time from receiving a task to its report",
+            metrics.task_seconds.clone(),
+        );
+        registry.register(
+            "sandbox_seconds",
+            "Time a task spent in its sandbox",
+            metrics.sandbox_seconds.clone(),
+        );
+        registry.register(
+            "guest_peak_memory_bytes",
+            "The most linear memory a guest of the activity has held",
+            metrics.guest_peak_memory.clone(),
+        );
+        registry.register(
+            "tasks_in_flight",
+            "Tasks running now",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "free_slots",
+            "Task slots neither running a task nor held by an open poll",
+            metrics.free_slots.clone(),
+        );
+        registry.register(
+            "open_polls",
+            "GetActivityTask long polls open now",
+            metrics.open_polls.clone(),
+        );
+        registry.register(
+            "empty_polls",
+            "Polls answered without a task",
+            metrics.empty_polls.clone(),
+        );
+        registry.register(
+            "api_calls",
+            "Step Functions calls made",
+            metrics.api_calls.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Step Functions calls that failed",
+            metrics.api_errors.clone(),
+        );
+        registry.register(
+            "heartbeats",
+            "SendTaskHeartbeat calls, sent or failed",
+            metrics.heartbeats.clone(),
+        );
+        registry.register(
+            "reports",
+            "Report attempts retried, and reports lost",
+            metrics.reports.clone(),
+        );
+        registry.register(
+            "outbound_requests",
+            "Guests' outbound HTTP requests by status class",
+            metrics.outbound.clone(),
+        );
+        registry.register(
+            "component_load_seconds",
+            "Time to load each activity's component",
+            metrics.component_load_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the worker process",
+            metrics.process_resident_memory.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished task: `error` is reduced to the outcome table's names or `guest`.
+    pub fn task_finished(&self, activity: &str, outcome: &str, error: Option<&str>) {
+        let error = match error {
+            Some(name) if WORKER_ERRORS.contains(&name) => name,
+            Some(_) => "guest",
+            None => "",
+        };
+        self.tasks
+            .get_or_create(&TaskLabels {
+                activity: activity.to_string(),
+                outcome: outcome.to_string(),
+                error: error.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a guest's peak memory if it is the activity's largest yet.
+    pub fn guest_memory(&self, activity: &str, peak: u64) {
+        let gauge = self
+            .guest_peak_memory
+            .get_or_create(&activity_label(activity));
+        let peak = i64::try_from(peak).unwrap_or(i64::MAX);
+        if peak > gauge.get() {
+            gauge.set(peak);
+        }
+    }
+
+    /// Counts a Step Functions call of `operation`, failed with `error_kind` if it did.
+    pub fn api_call(&self, operation: &str, error_kind: Option<&str>) {
+        self.api_calls
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .inc();
+        if let Some(kind) = error_kind {
+            self.api_errors
+                .get_or_create(&ApiErrorLabels {
+                    operation: operation.to_string(),
+                    kind: kind.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts one `result` in `family` (heartbeats, reports).
+    pub fn count(family: &Family<ResultLabel, Counter>, result: &str) {
+        family
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with the process's memory read now.
+    pub fn encode(&self) -> String {
+        if let Some(rss) = resident_memory() {
+            self.process_resident_memory.set(rss);
+        }
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String does not fail");
+        text
+    }
+}
+
+/// The label of `activity`.
+pub fn activity_label(activity: &str) -> ActivityLabel {
+    ActivityLabel {
+        activity: activity.to_string(),
+    }
+}
+
+/// Resident memory in bytes, from `/proc/self/statm`.
+fn resident_memory() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// What `/readyz` answers from.
+#[derive(Default)]
+pub struct Readiness {
+    /// One flag per activity, set when its first poll was answered.
+    pub first_poll_answered: Vec<Arc<AtomicBool>>,
+    /// Cancelled when the worker starts draining.
+    pub draining: CancellationToken,
+}
+
+impl Readiness {
+    fn check(&self) -> Result<(), &'static str> {
+        use std::sync::atomic::Ordering;
+        if self.draining.is_cancelled() {
+            return Err("draining");
+        }
+        if !self
+            .first_poll_answered
+            .iter()
+            .all(|answered| answered.load(Ordering::Relaxed))
+        {
+            return Err("waiting for every activity's first poll");
+        }
+        Ok(())
+    }
+}
+
+/// Binds `addr` for the metrics and health endpoints; the error names the address and key.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for metrics and health ({err}); change `[worker] metrics_addr` or --metrics-addr"
+        )
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let (metrics, readiness) = (metrics.clone(), readiness.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = answer(request.uri().path(), &metrics, &readiness);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(path: &str, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => match readiness.check() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}

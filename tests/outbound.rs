@@ -374,3 +374,37 @@ async fn two_activities_in_one_worker_cannot_use_each_others_grants() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_activitys_in_flight_bound_wait_then_give_up() {
+    let service = HttpService::start().await;
+    let limits = OutboundLimits {
+        max_in_flight: 1,
+        connect_timeout: Duration::from_secs(1),
+        first_byte_timeout: Duration::from_secs(4),
+        ..OutboundLimits::default()
+    };
+    let grants = grants(&[&service.origin()], limits, None);
+    let never = json!({"url": format!("{}/never", service.origin())});
+    let holder = probe(never.clone(), &grants);
+    let waiter = async {
+        // Starts once the holder's request has the activity's only slot.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        probe(
+            json!({"url": format!("{}/echo", service.origin())}),
+            &grants,
+        )
+        .await
+    };
+    let (held, waited) = tokio::join!(holder, waiter);
+    assert!(error_of(&held).contains("Timeout"), "{held}");
+    assert!(
+        error_of(&waited).contains("ConnectionLimitReached"),
+        "{waited}"
+    );
+    assert_eq!(
+        service.requests(),
+        1,
+        "only the holder's request reached the service"
+    );
+}

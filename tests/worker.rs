@@ -558,3 +558,75 @@ async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
         other => panic!("expected Worker.ShuttingDown, got {other:?}"),
     }
 }
+
+/// An activity with `role_arn` calls Step Functions with credentials from STS AssumeRole
+/// (here the fake's), with its external id; an activity without one, with the worker's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_with_a_role_calls_with_the_roles_credentials() {
+    let fake = FakeSfn::start().await;
+    let own = fake.create_activity("own-account");
+    let tenant = fake.create_activity("tenant-account");
+    let role = "arn:aws:iam::222222222222:role/tenant-b";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    let guest = guest_path("adversary");
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
+             [[activity]]\narn = \"{own}\"\ncomponent = \"{}\"\n\n\
+             [[activity]]\narn = \"{tenant}\"\ncomponent = \"{}\"\nrole_arn = \"{role}\"\nexternal_id = \"tenant-b-secret\"\n",
+            fake.endpoint,
+            guest.display(),
+            guest.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
+        .env("AWS_ACCESS_KEY_ID", "AKIDWORKER")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let echo = json!({"behaviour": "echo"}).to_string();
+    let (mine, theirs) = (fake.enqueue(&own, &echo), fake.enqueue(&tenant, &echo));
+    let results = [
+        fake.wait_for_result(&mine, WAIT).await,
+        fake.wait_for_result(&theirs, WAIT).await,
+    ];
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        results.iter().all(|r| matches!(r, TaskState::Succeeded(_))),
+        "{results:?}"
+    );
+    let assumed = FakeSfn::assumed_key_id(role);
+    let only =
+        |signers: Vec<String>, key: &str| !signers.is_empty() && signers.iter().all(|s| s == key);
+    assert!(
+        only(fake.poll_signers(&own), "AKIDWORKER"),
+        "{:?}",
+        fake.poll_signers(&own)
+    );
+    assert!(
+        only(fake.poll_signers(&tenant), &assumed),
+        "{:?}",
+        fake.poll_signers(&tenant)
+    );
+    assert!(
+        only(fake.task(&mine).signed_by, "AKIDWORKER"),
+        "{:?}",
+        fake.task(&mine).signed_by
+    );
+    assert!(
+        only(fake.task(&theirs).signed_by, &assumed),
+        "{:?}",
+        fake.task(&theirs).signed_by
+    );
+    assert!(fake
+        .assumed_roles()
+        .contains(&(role.to_string(), Some("tenant-b-secret".to_string()))));
+}

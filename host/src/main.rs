@@ -324,11 +324,25 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         max_memory_bytes: config.max_memory_limit(),
         cache,
     })?;
-    let client = SfnClient::new(&sfn::load_sdk_config(&config.worker).await);
-    let worker = Worker::new(&runtime, &config, client).with_context(|| match &args.config {
-        Some(path) => format!("config file {}", path.display()),
-        None => "the --activity-arn flags".to_string(),
+    let sdk = sfn::load_sdk_config(&config.worker).await;
+    let mut worker = Worker::new(&runtime, &config, SfnClient::new(&sdk)).with_context(|| {
+        match &args.config {
+            Some(path) => format!("config file {}", path.display()),
+            None => "the --activity-arn flags".to_string(),
+        }
     })?;
+    for activity in &config.activities {
+        if let Some(role) = &activity.role_arn {
+            let client = SfnClient::assuming_role(
+                &sdk,
+                role,
+                activity.external_id.as_deref(),
+                "sfn-wasm-worker",
+            )
+            .await;
+            worker.use_client_for(&activity.arn, client)?;
+        }
+    }
     release_freed_memory();
     let shutdown = CancellationToken::new();
     let on_signals = (shutdown.clone(), worker.hurry());

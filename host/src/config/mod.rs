@@ -108,6 +108,11 @@ pub struct ActivityConfig {
     pub max_outbound_requests_per_task: Option<u32>,
     /// Outbound requests of this activity's tasks in flight at once (default 64).
     pub max_outbound_in_flight: Option<u32>,
+    /// An IAM role to call Step Functions with for this activity (e.g. in a tenant's
+    /// account), assumed with the worker's own credentials (default: the worker's own).
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy requires (with `role_arn`).
+    pub external_id: Option<String>,
 }
 
 fn default_max_concurrency() -> u32 {
@@ -138,6 +143,8 @@ impl ActivityConfig {
             max_response_bytes: None,
             max_outbound_requests_per_task: None,
             max_outbound_in_flight: None,
+            role_arn: None,
+            external_id: None,
         }
     }
 
@@ -262,6 +269,13 @@ impl Config {
                     bail!("{at}: key `heartbeat_interval` must be at least 1s");
                 }
             }
+            if let Some(role) = &activity.role_arn {
+                validate_role_arn(role).with_context(|| format!("{at}: key `role_arn`"))?;
+            } else if activity.external_id.is_some() {
+                bail!(
+                    "{at}: key `external_id` needs `role_arn`: it is sent when assuming that role"
+                );
+            }
             let outbound = activity.outbound_limits();
             for (key, zero) in [
                 (
@@ -330,6 +344,24 @@ impl Config {
             )
         })
     }
+}
+
+/// Accepts `arn:PARTITION:iam::ACCOUNT:role/NAME` (a path before the name is allowed).
+pub fn validate_role_arn(arn: &str) -> Result<()> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let well_formed = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && !parts[4].is_empty()
+        && parts[5]
+            .strip_prefix("role/")
+            .is_some_and(|name| !name.is_empty());
+    if !well_formed {
+        bail!("{arn:?} is not an IAM role ARN; expected arn:aws:iam::ACCOUNT:role/NAME");
+    }
+    Ok(())
 }
 
 /// Accepts `arn:PARTITION:states:REGION:ACCOUNT:activity:NAME`.
@@ -454,5 +486,17 @@ mod tests {
 
         let err = load_error("[worker]\nname = \"w\"\n");
         assert!(err.contains("no activities"), "{err}");
+
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nrole_arn = \"tenant-b\"\n"
+        ));
+        assert!(
+            err.contains("key `role_arn`") && err.contains("arn:aws:iam::ACCOUNT:role/NAME"),
+            "{err}"
+        );
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nexternal_id = \"x\"\n"
+        ));
+        assert!(err.contains("key `external_id` needs `role_arn`"), "{err}");
     }
 }

@@ -40,6 +40,8 @@ use tokio_util::task::TaskTracker;
 /// One served activity: its handler, limits and state.
 struct Activity {
     arn: Arc<str>,
+    /// The Step Functions client of the activity's account (the worker's, or an assumed role's).
+    client: SfnClient,
     handler: Arc<dyn TaskHandler>,
     limits: TaskLimits,
     grants: Grants,
@@ -52,7 +54,6 @@ struct Activity {
 
 /// What every poller and task shares.
 struct Shared {
-    client: SfnClient,
     worker_name: Arc<str>,
     stats: Arc<WorkerStats>,
     /// Cancelled on shutdown: no new polls.
@@ -67,7 +68,6 @@ struct Shared {
 /// The worker: activities with loaded components, a Step Functions client, counters.
 pub struct Worker {
     activities: Vec<Arc<Activity>>,
-    client: SfnClient,
     worker_name: Arc<str>,
     drain_timeout: Duration,
     stats: Arc<WorkerStats>,
@@ -123,6 +123,7 @@ impl Worker {
             .map(|(activity, handler)| {
                 Arc::new(Activity {
                     arn: activity.arn.as_str().into(),
+                    client: client.clone(),
                     handler,
                     limits: activity.limits(),
                     grants: activity.grants(),
@@ -134,7 +135,6 @@ impl Worker {
             .collect();
         Ok(Worker {
             activities,
-            client,
             worker_name: config.worker_name().into(),
             drain_timeout: config.drain_timeout(),
             stats: Arc::default(),
@@ -150,6 +150,20 @@ impl Worker {
     /// its timeout (heartbeat or task) before it is retried.
     pub fn hurry(&self) -> CancellationToken {
         self.hurry.clone()
+    }
+
+    /// Makes the activity `activity_arn` call Step Functions with `client` (e.g. one whose
+    /// credentials come from the activity's `role_arn`) instead of the worker's.
+    pub fn use_client_for(&mut self, activity_arn: &str, client: SfnClient) -> Result<()> {
+        let activity = self
+            .activities
+            .iter_mut()
+            .find(|activity| &*activity.arn == activity_arn)
+            .with_context(|| format!("no activity {activity_arn} in this worker"))?;
+        Arc::get_mut(activity)
+            .context("the worker is already running")?
+            .client = client;
+        Ok(())
     }
 
     /// The worker's metrics (shared; served on `metrics_addr` while it runs).
@@ -187,7 +201,6 @@ impl Worker {
             ));
         }
         let shared = Arc::new(Shared {
-            client: self.client,
             worker_name: self.worker_name,
             stats: self.stats,
             shutdown: shutdown.clone(),

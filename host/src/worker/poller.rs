@@ -39,7 +39,7 @@ pub(crate) async fn poll_loop(
         free_slots.set(slots.available_permits() as i64);
         open_polls.inc();
         let polled = tokio::select! {
-            polled = shared.client.poll(&activity.arn, &shared.worker_name) => Some(polled),
+            polled = activity.client.poll(&activity.arn, &shared.worker_name) => Some(polled),
             _ = shared.hurry.cancelled() => None,
         };
         open_polls.dec();

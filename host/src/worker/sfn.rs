@@ -170,6 +170,27 @@ impl SfnClient {
         }
     }
 
+    /// Clients for an activity in another account: their credentials come from STS
+    /// AssumeRole of `role_arn` (with `external_id` if given) on top of `sdk`'s own, and are
+    /// refreshed before they expire. `session_name` names the session in the tenant's
+    /// CloudTrail.
+    pub async fn assuming_role(
+        sdk: &SdkConfig,
+        role_arn: &str,
+        external_id: Option<&str>,
+        session_name: &str,
+    ) -> SfnClient {
+        let mut role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name(session_name)
+            .configure(sdk);
+        if let Some(external_id) = external_id {
+            role = role.external_id(external_id);
+        }
+        let credentials = aws_sdk_sfn::config::SharedCredentialsProvider::new(role.build().await);
+        let sdk = sdk.to_builder().credentials_provider(credentials).build();
+        SfnClient::new(&sdk)
+    }
+
     /// One long poll. `Ok(None)` is the service's "no task" (no token, or an empty one).
     pub async fn poll(
         &self,

@@ -40,7 +40,8 @@ pub(crate) async fn run_task(shared: &Shared, activity: &Activity, task: Activit
                 );
             }
             TaskEnd::Report(outcome) => {
-                let reported = report(&shared.client, &shared.metrics, &task.token, &outcome).await;
+                let reported =
+                    report(&activity.client, &shared.metrics, &task.token, &outcome).await;
                 let (status, error) = match &outcome {
                     Outcome::Succeeded { .. } => ("succeeded", None),
                     Outcome::Failed { error, .. } => ("failed", Some(error.as_str())),
@@ -69,7 +70,7 @@ async fn run_in_sandbox(
 ) -> (TaskEnd, TaskStats) {
     let interrupt = Interrupt::default();
     let heartbeat = Arc::new(TaskHeartbeat::new(
-        shared.client.clone(),
+        activity.client.clone(),
         task.token.clone(),
         interrupt.clone(),
         shared.stats.clone(),

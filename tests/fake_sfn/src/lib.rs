@@ -3,8 +3,9 @@
 //! It speaks the real AWS JSON 1.0 protocol (`POST /`, `X-Amz-Target:
 //! AWSStepFunctions.<Operation>`, `application/x-amz-json-1.0` bodies and `__type` error
 //! codes), so the worker talks to it through the real aws-sdk-sfn client. It holds long polls
-//! like the service (for [`FakeSfn::set_poll_hold`], not 60 s), records every task's fate,
-//! and injects faults: throttling, 5xx, slow responses, connection resets, and the
+//! like the service (for [`FakeSfn::set_poll_hold`], not 60 s), records every task's fate
+//! and which credentials signed each call (with an STS AssumeRole of its own), and injects
+//! faults: throttling, 5xx, slow responses, connection resets, and the
 //! task-over errors on heartbeats and reports.
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -84,10 +85,16 @@ pub struct TaskRecord {
     pub heartbeats: u32,
     /// SendTaskSuccess/SendTaskFailure calls that reached it (accepted or not).
     pub reports: u32,
+    /// The access key ids that signed its reports and heartbeats.
+    pub signed_by: Vec<String>,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Per activity ARN, the access key ids that signed its polls.
+    poll_signers: HashMap<String, Vec<String>>,
+    /// Roles assumed through the fake STS: (role ARN, external id).
+    assumed_roles: Vec<(String, Option<String>)>,
     queues: HashMap<String, VecDeque<String>>,
     tasks: HashMap<String, TaskRecord>,
     faults: HashMap<Op, VecDeque<Fault>>,
@@ -244,6 +251,7 @@ impl FakeSfn {
                 state: TaskState::Queued,
                 heartbeats: 0,
                 reports: 0,
+                signed_by: Vec::new(),
             },
         );
         inner
@@ -286,6 +294,32 @@ impl FakeSfn {
             .lock()
             .unwrap()
             .finish(token, TaskState::Closed);
+    }
+
+    /// The access key ids that signed the polls of the activity `arn`.
+    pub fn poll_signers(&self, arn: &str) -> Vec<String> {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .poll_signers
+            .get(arn)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The roles assumed through the fake's STS: (role ARN, external id).
+    pub fn assumed_roles(&self) -> Vec<(String, Option<String>)> {
+        self.state.inner.lock().unwrap().assumed_roles.clone()
+    }
+
+    /// The access key id of the credentials the fake's STS hands out for `role_arn`.
+    pub fn assumed_key_id(role_arn: &str) -> String {
+        let name = role_arn.rsplit('/').next().unwrap_or_default();
+        format!(
+            "ASIAFAKE{}",
+            name.to_ascii_uppercase().replace(['-', '_'], "")
+        )
     }
 
     /// The record of one task.
@@ -438,12 +472,16 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let signer = access_key_id(&request);
     let body = request
         .into_body()
         .collect()
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
+    if target.is_empty() && body.starts_with(b"Action=AssumeRole") {
+        return assume_role(&state, &body);
+    }
     let Some(op) = Op::from_target(&target) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -452,6 +490,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         );
     };
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record_signer(&state, op, &body, signer);
     let fault = {
         let mut inner = state.inner.lock().unwrap();
         *inner.calls.entry(op).or_default() += 1;
@@ -540,6 +579,92 @@ fn report(state: &State, token: &str, result: TaskState) -> Answer {
             "task already reported",
         ),
     }
+}
+
+/// The access key id of a SigV4 `authorization` header (`... Credential=AKID/date/...`).
+fn access_key_id<B>(request: &Request<B>) -> String {
+    request
+        .headers()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split("Credential=").nth(1))
+        .and_then(|credential| credential.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn record_signer(state: &State, op: Op, body: &Value, signer: String) {
+    let mut inner = state.inner.lock().unwrap();
+    if op == Op::GetActivityTask {
+        let arn = body["activityArn"].as_str().unwrap_or_default().to_string();
+        inner.poll_signers.entry(arn).or_default().push(signer);
+    } else if let Some(task) = inner
+        .tasks
+        .get_mut(body["taskToken"].as_str().unwrap_or_default())
+    {
+        task.signed_by.push(signer);
+    }
+}
+
+/// STS AssumeRole (the query protocol): credentials whose access key id names the role, so
+/// a test can tell which calls were signed with them.
+fn assume_role(state: &State, body: &[u8]) -> Answer {
+    let form: HashMap<String, String> = String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_string(), percent_decode(value)))
+        .collect();
+    let role = form.get("RoleArn").cloned().unwrap_or_default();
+    let external_id = form.get("ExternalId").cloned();
+    state
+        .inner
+        .lock()
+        .unwrap()
+        .assumed_roles
+        .push((role.clone(), external_id));
+    let key = FakeSfn::assumed_key_id(&role);
+    let expires = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+    let xml = format!(
+        "<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>{key}</AccessKeyId>\
+         <SecretAccessKey>fake-secret</SecretAccessKey><SessionToken>fake-session</SessionToken>\
+         <Expiration>{expires}</Expiration></Credentials><AssumedRoleUser>\
+         <AssumedRoleId>AROAFAKE:session</AssumedRoleId><Arn>{role}</Arn></AssumedRoleUser>\
+         </AssumeRoleResult><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata>\
+         </AssumeRoleResponse>"
+    );
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/xml")
+        .body(Full::new(Bytes::from(xml)))
+        .unwrap())
+}
+
+/// Decodes `%XX` escapes and `+` of a form value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' if index + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => out.push(byte),
+                    Err(_) => out.extend_from_slice(&bytes[index..index + 3]),
+                }
+                index += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                index += 1;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Decrements the open-poll count when a poll ends, answered or abandoned.

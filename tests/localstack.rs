@@ -114,11 +114,8 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     let config_path = dir.path().join("worker.toml");
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.path().join("worker.log");
-    let worker = Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+    let worker = worker_command()
         .args(["run", "--config", config_path.to_str().unwrap()])
-        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .expect("starting the worker");

@@ -12,7 +12,6 @@ use aws_sdk_sfn::types::ExecutionStatus;
 use common::localstack::{wait_for_execution, LocalStack, WorkerProcess};
 use common::*;
 use serde_json::json;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const PORT: &str = "4598";
@@ -35,21 +34,16 @@ fn abandoned(log: &str) -> usize {
 }
 
 /// Waits until the worker has abandoned `count` tasks (the last one's guest stopped), checks
-/// it happened within a heartbeat interval and a second of `closed_at`, then waits for the
-/// execution queued behind it (`next`) and returns it.
-async fn await_guest_stopped<F, N>(
+/// it happened within a heartbeat interval and a second of `closed_at`, then that the
+/// execution `behind` (queued on the one slot) succeeded.
+async fn assert_guest_stopped_and_slot_freed(
     what: &str,
     count: usize,
     closed_at: Instant,
     log: &impl Fn() -> String,
-    next: N,
-) -> aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput
-where
-    N: FnOnce() -> F,
-    F: std::future::Future<
-        Output = aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput,
-    >,
-{
+    client: &aws_sdk_sfn::Client,
+    behind: &str,
+) {
     while abandoned(&log()) < count {
         assert!(
             closed_at.elapsed() < Duration::from_secs(10),
@@ -65,7 +59,13 @@ where
         "{what}: guest stopped {stopped_after:?} after its task closed\n{}",
         log()
     );
-    next().await
+    let next = wait_for_execution(client, behind).await;
+    assert_eq!(
+        next.status,
+        ExecutionStatus::Succeeded,
+        "{what}: the execution behind: {next:?}\n{}",
+        log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +108,7 @@ async fn a_closed_task_frees_the_only_slot_within_a_heartbeat_interval() {
 
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("worker.log");
-    let worker = Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+    let worker = worker_command()
         .args(["run", "--activity-arn", &activity, "--component"])
         .arg(&adversary)
         .args([
@@ -127,9 +127,6 @@ async fn a_closed_task_frees_the_only_slot_within_a_heartbeat_interval() {
             "--drain-timeout",
             "5s",
         ])
-        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .expect("starting the worker");
@@ -163,16 +160,8 @@ async fn a_closed_task_frees_the_only_slot_within_a_heartbeat_interval() {
         "{ended:?}\n{}",
         log()
     );
-    let next = await_guest_stopped("timed-out state", 1, closed_at, &log, || {
-        wait_for_execution(&client, &behind)
-    })
-    .await;
-    assert_eq!(
-        next.status,
-        ExecutionStatus::Succeeded,
-        "{next:?}\n{}",
-        log()
-    );
+    assert_guest_stopped_and_slot_freed("timed-out state", 1, closed_at, &log, &client, &behind)
+        .await;
 
     // 2. StopExecution 3.5 s into a 30 s guest.
     let second = start(&stoppable, long_guest).await.unwrap().execution_arn;
@@ -186,16 +175,8 @@ async fn a_closed_task_frees_the_only_slot_within_a_heartbeat_interval() {
         .await
         .unwrap();
     let stopped_at = Instant::now();
-    let next = await_guest_stopped("StopExecution", 2, stopped_at, &log, || {
-        wait_for_execution(&client, &behind)
-    })
-    .await;
-    assert_eq!(
-        next.status,
-        ExecutionStatus::Succeeded,
-        "{next:?}\n{}",
-        log()
-    );
+    assert_guest_stopped_and_slot_freed("StopExecution", 2, stopped_at, &log, &client, &behind)
+        .await;
     assert!(
         !log().contains("result was refused"),
         "a closed task was reported\n{}",

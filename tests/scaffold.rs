@@ -9,12 +9,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn worker() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"));
-    command.env("SFN_WASM_WORKER_CACHE_DIR", cache_dir());
-    command
-}
-
 /// Runs `command` in `dir`; panics with its output if it fails.
 fn run_in(dir: &Path, command: &mut Command) {
     let output = command
@@ -32,7 +26,7 @@ fn run_in(dir: &Path, command: &mut Command) {
 /// Starts project `name` in `lang` in a new temporary directory; returns both.
 fn new_project(lang: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
     let parent = tempfile::tempdir().unwrap();
-    let output = worker()
+    let output = worker_command()
         .args(["new", "--lang", lang, name, "--dir"])
         .arg(parent.path())
         .output()
@@ -49,7 +43,7 @@ fn new_project(lang: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// Invokes `component` with the project's sample input and checks the greeting.
 fn assert_sample_runs(dir: &Path, component: &Path, expect: &str) {
-    let output = worker()
+    let output = worker_command()
         .arg("invoke")
         .arg(component)
         .arg("--input-file")
@@ -127,7 +121,7 @@ fn a_new_c_project_builds_and_runs() {
 #[test]
 fn new_refuses_a_bad_name_and_an_existing_directory() {
     let parent = tempfile::tempdir().unwrap();
-    let output = worker()
+    let output = worker_command()
         .args(["new", "--lang", "python", "Bad Name", "--dir"])
         .arg(parent.path())
         .output()
@@ -135,7 +129,7 @@ fn new_refuses_a_bad_name_and_an_existing_directory() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("lowercase letters"));
     std::fs::create_dir(parent.path().join("taken")).unwrap();
-    let output = worker()
+    let output = worker_command()
         .args(["new", "--lang", "c", "taken", "--dir"])
         .arg(parent.path())
         .output()

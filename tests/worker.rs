@@ -499,7 +499,7 @@ async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
         &arn,
         &json!({"behaviour": "sleep", "ms": 60_000}).to_string(),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+    let mut child = worker_command()
         .args(["run", "--activity-arn", &arn, "--component"])
         .arg(guest_path("adversary"))
         .args([
@@ -518,9 +518,6 @@ async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
             "--region",
             "us-east-1",
         ])
-        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -582,12 +579,10 @@ async fn an_activity_with_a_role_calls_with_the_roles_credentials() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"))
+    let mut child = worker_command()
         .args(["run", "--config"])
         .arg(&config)
-        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
         .env("AWS_ACCESS_KEY_ID", "AKIDWORKER")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -2,7 +2,7 @@
 //! binary and the boto3 worker: a fleet keeps many workers idle most of the day.
 
 use crate::memory::rss_bytes;
-use crate::report::Table;
+use crate::report::{mib, Table};
 use crate::startup::worker_binary;
 use crate::throughput::boto3_python;
 use crate::{guest_path, repo_root};
@@ -33,7 +33,7 @@ pub async fn idle_cpu(window: Duration) -> Result<()> {
     table.row(vec![
         "sfn-wasm-worker (Rust guest)".into(),
         format!("{cpu:.2}"),
-        format!("{:.1}", rss as f64 / 1048576.0),
+        mib(rss),
     ]);
     match boto3_python() {
         Ok(python) => {
@@ -52,7 +52,7 @@ pub async fn idle_cpu(window: Duration) -> Result<()> {
             table.row(vec![
                 "boto3 + ThreadPoolExecutor".into(),
                 format!("{cpu:.2}"),
-                format!("{:.1}", rss as f64 / 1048576.0),
+                mib(rss),
             ]);
         }
         Err(why) => println!("   (boto3 worker skipped: {why})"),

@@ -1,6 +1,6 @@
 //! Section 3: RSS idle and with 64 tasks per guest language in flight.
 
-use crate::report::Table;
+use crate::report::{mib, Table};
 use crate::{limits, task, ORDER};
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -96,8 +96,8 @@ pub(crate) async fn memory(guests: &[(&str, Guest)]) -> Result<()> {
         let linear_per_task = linear as f64 / IN_FLIGHT as f64;
         table.row(vec![
             language.to_string(),
-            format!("{:.1}", idle as f64 / 1048576.0),
-            format!("{:.1}", busy as f64 / 1048576.0),
+            mib(idle),
+            mib(busy),
             format!("{:.0}", per_task / 1024.0),
             format!("{:.0}", linear_per_task / 1024.0),
             format!("{:.0}", (per_task - linear_per_task) / 1024.0),

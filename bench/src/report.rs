@@ -69,3 +69,8 @@ pub fn humantime_ms(duration: Duration) -> String {
 pub fn us(duration: Duration) -> String {
     format!("{:.1}", duration.as_secs_f64() * 1e6)
 }
+
+/// Bytes in MiB with one decimal, for tables.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1048576.0)
+}

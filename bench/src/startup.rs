@@ -3,7 +3,7 @@
 //! empty cache, as a new machine would start.
 
 use crate::memory::rss_bytes;
-use crate::report::Table;
+use crate::report::{mib, Table};
 use crate::{guest_path, repo_root};
 use anyhow::{bail, Context as _, Result};
 use sfn_fake::{FakeSfn, Op};
@@ -68,7 +68,7 @@ pub(crate) async fn startup() -> Result<()> {
             format!("{:.0}", cold.0.as_secs_f64() * 1e3),
             format!("{:.0}", warm.0.as_secs_f64() * 1e3),
             format!("{:.0}", shipped.0.as_secs_f64() * 1e3),
-            format!("{:.1}", warm.1 as f64 / 1048576.0),
+            mib(warm.1),
         ]);
     }
     table.print();

@@ -3,7 +3,7 @@
 //! time until every activity polls, the process's memory from `/proc/PID/smaps_rollup` once
 //! idle, and each tenant's first task against later ones.
 
-use crate::report::Table;
+use crate::report::{mib, Table};
 use crate::startup::worker_binary;
 use crate::{guest_path, repo_root, ORDER};
 use anyhow::{bail, Context as _, Result};
@@ -65,10 +65,6 @@ pub async fn tenants(counts: &[usize]) -> Result<()> {
     table.print();
     println!("   targets: ≤ 5 MiB private per idle Python tenant, ≤ 1 MiB per idle Rust tenant");
     Ok(())
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1}", bytes as f64 / 1048576.0)
 }
 
 async fn run_tenants(name: &str, count: usize) -> Result<TenantRun> {

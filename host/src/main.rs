@@ -371,11 +371,7 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     activity.read_only_dirs = args.dirs.into_iter().collect();
     activity.allowed_outbound_hosts = args.allow_outbound;
     let limits = activity.limits();
-    let runtime = Runtime::new(&EngineSettings {
-        max_concurrent_tasks: 1,
-        max_memory_bytes: limits.memory_limit,
-        cache: CacheSetting::resolve(global.no_cache, global.cache_dir.clone()),
-    })?;
+    let runtime = one_task_runtime(global, limits.memory_limit)?;
     let guest = runtime.load(&activity.component)?;
     let heartbeat = Arc::new(CountingHeartbeat::default());
     let task = Task {
@@ -403,8 +399,8 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         elapsed_ms = stats.elapsed.as_secs_f64() * 1e3,
         peak_memory = stats.peak_memory,
         heartbeats = heartbeat.count(),
-        outbound_requests = stats.outbound_requests,
-        outbound_denied = stats.outbound_denied,
+        outbound_requests = stats.outbound_sent(),
+        outbound_denied = stats.outbound_denied(),
         "task finished"
     );
     let TaskEnd::Report(outcome) = end else {
@@ -415,6 +411,16 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_TASK_FAILED)
+    })
+}
+
+/// A runtime for one task at a time (`invoke`, `check`, `compile`), with the cache the
+/// global flags choose.
+fn one_task_runtime(global: &GlobalArgs, max_memory_bytes: u64) -> Result<Runtime> {
+    Runtime::new(&EngineSettings {
+        max_concurrent_tasks: 1,
+        max_memory_bytes,
+        cache: CacheSetting::resolve(global.no_cache, global.cache_dir.clone()),
     })
 }
 
@@ -434,11 +440,7 @@ fn read_input(args: &InvokeArgs) -> Result<String> {
 }
 
 fn check(component: PathBuf, global: &GlobalArgs) -> Result<ExitCode> {
-    let runtime = Runtime::new(&EngineSettings {
-        max_concurrent_tasks: 1,
-        max_memory_bytes: DEFAULT_MEMORY_LIMIT,
-        cache: CacheSetting::resolve(global.no_cache, global.cache_dir.clone()),
-    })?;
+    let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
     let report = runtime.inspect(&component)?;
     println!("component: {}", component.display());
     println!("world:     {WORLD}");
@@ -475,11 +477,7 @@ fn new_project(language: Language, name: &str, parent: &Path) -> Result<ExitCode
 }
 
 fn compile(component: &Path, output: &Path, global: &GlobalArgs) -> Result<ExitCode> {
-    let runtime = Runtime::new(&EngineSettings {
-        max_concurrent_tasks: 1,
-        max_memory_bytes: DEFAULT_MEMORY_LIMIT,
-        cache: CacheSetting::resolve(global.no_cache, global.cache_dir.clone()),
-    })?;
+    let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
     let artefact = runtime.precompile(component)?;
     std::fs::write(output, &artefact).with_context(|| format!("writing {}", output.display()))?;
     println!(

@@ -52,6 +52,16 @@ pub fn cache_dir() -> PathBuf {
     repo_root().join("target/wasmtime-cache")
 }
 
+/// The worker binary, with the tests' compilation cache and static test AWS credentials.
+pub fn worker_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sfn-wasm-worker"));
+    command
+        .env("SFN_WASM_WORKER_CACHE_DIR", cache_dir())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test");
+    command
+}
+
 /// Default limits for test tasks.
 pub fn limits() -> TaskLimits {
     TaskLimits {

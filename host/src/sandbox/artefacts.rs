@@ -41,17 +41,19 @@ impl Artefacts {
     /// The component at `path` (a component, or a precompiled `.cwasm`): from this process's
     /// loaded components, else mapped from the cache, else compiled (and cached).
     pub fn component(&self, path: &Path) -> Result<Component> {
+        // A `.cwasm` (an ELF image) is mapped, not read into memory first.
+        if starts_with_elf_magic(path)? {
+            return match Engine::detect_precompiled_file(path).map_err(anyhow::Error::from) {
+                Ok(Some(Precompiled::Module)) => bail!(
+                    "{} is a precompiled core module, not a component: precompile the \
+                     component with `sfn-wasm-worker compile`",
+                    path.display()
+                ),
+                _ => self.precompiled(path),
+            };
+        }
         let bytes =
             std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
-        match Engine::detect_precompiled(&bytes) {
-            Some(Precompiled::Component) => return self.precompiled(path),
-            Some(Precompiled::Module) => bail!(
-                "{} is a precompiled core module, not a component: precompile the component \
-                 with `sfn-wasm-worker compile`",
-                path.display()
-            ),
-            None => {}
-        }
         check_is_component(path, &bytes)?;
         let key = format!("{:x}", Sha256::digest(&bytes));
         if let Some(component) = self.loaded.lock().unwrap().get(&key) {
@@ -150,6 +152,19 @@ impl Artefacts {
                 )
             })
     }
+}
+
+/// Whether the file at `path` begins like an ELF image (what `sfn-wasm-worker compile` writes).
+fn starts_with_elf_magic(path: &Path) -> Result<bool> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading component {}", path.display()))?;
+    let read = file
+        .take(4)
+        .read(&mut magic)
+        .with_context(|| format!("reading component {}", path.display()))?;
+    Ok(read == 4 && magic == *b"\x7fELF")
 }
 
 fn invalid_component(path: &Path) -> String {

@@ -59,16 +59,27 @@ pub struct TaskStats {
     pub peak_memory: u64,
     /// Heartbeats the guest asked for.
     pub heartbeats: u64,
-    /// Outbound HTTP requests the guest sent.
-    pub outbound_requests: u32,
-    /// Outbound HTTP requests the guest was denied.
-    pub outbound_denied: u32,
     /// How each outbound request ended (see [`crate::sandbox::outbound::OutboundHooks::results`]).
     pub outbound_results: Vec<&'static str>,
     /// The tail of the guest's stdout.
     pub stdout_tail: String,
     /// The tail of the guest's stderr.
     pub stderr_tail: String,
+}
+
+impl TaskStats {
+    /// Outbound HTTP requests the guest sent (they went out, whatever came back).
+    pub fn outbound_sent(&self) -> usize {
+        self.outbound_results.len() - self.outbound_denied()
+    }
+
+    /// Outbound HTTP requests the guest was denied.
+    pub fn outbound_denied(&self) -> usize {
+        self.outbound_results
+            .iter()
+            .filter(|result| **result == "denied")
+            .count()
+    }
 }
 
 /// The future a [`TaskHandler`] returns.
@@ -146,8 +157,6 @@ pub(crate) async fn run_task(
     let mut stats = TaskStats {
         peak_memory: state.map_or(0, |s| s.limiter().peak()),
         heartbeats: state.map_or(0, |s| s.host().heartbeats_requested()),
-        outbound_requests: state.map_or(0, |s| s.outbound().sent()),
-        outbound_denied: state.map_or(0, |s| s.outbound().denied()),
         stdout_tail: stdout.tail_text(),
         stderr_tail: facts.stderr_tail.clone(),
         ..TaskStats::default()

@@ -20,7 +20,7 @@ pub enum Language {
 
 /// A file of a new project.
 enum Content {
-    /// Text, with `{{name}}`, `{{crate}}` and `{{crate_file}}` filled in.
+    /// Text, with `{{name}}` and `{{crate_file}}` (the name as Rust spells a file) filled in.
     Template(&'static str),
     /// Bytes written as they are.
     Bytes(&'static [u8]),
@@ -114,7 +114,6 @@ pub fn create(language: Language, name: &str, parent: &Path) -> Result<PathBuf> 
     }
     let fill = |text: &str| {
         text.replace("{{name}}", name)
-            .replace("{{crate}}", name)
             .replace("{{crate_file}}", &name.replace('-', "_"))
     };
     let mut files: Vec<(String, Vec<u8>)> = WIT

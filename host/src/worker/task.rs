@@ -42,12 +42,7 @@ pub(crate) async fn run_task(shared: &Shared, activity: &Activity, task: Activit
             TaskEnd::Report(outcome) => {
                 let reported =
                     report(&activity.client, &shared.metrics, &task.token, &outcome).await;
-                let (status, error) = match &outcome {
-                    Outcome::Succeeded { .. } => ("succeeded", None),
-                    Outcome::Failed { error, .. } => ("failed", Some(error.as_str())),
-                };
-                shared.metrics.task_finished(&activity.arn, status, error);
-                log_reported(shared, &outcome, reported, &stats, started);
+                log_reported(shared, activity, &outcome, reported, &stats, started);
             }
         }
         in_flight.dec();
@@ -123,6 +118,7 @@ fn record_sandbox(metrics: &Metrics, activity: &str, stats: &TaskStats) {
 /// Counts and logs a reported task: one line whatever happened to the report.
 fn log_reported(
     shared: &Shared,
+    activity: &Activity,
     outcome: &Outcome,
     reported: Result<(), ReportError>,
     stats: &TaskStats,
@@ -132,6 +128,7 @@ fn log_reported(
         Outcome::Succeeded { .. } => ("succeeded", None),
         Outcome::Failed { error, .. } => ("failed", Some(error.as_str())),
     };
+    shared.metrics.task_finished(&activity.arn, status, error);
     let (run_ms, elapsed_ms) = (stats.elapsed.as_secs_f64() * 1e3, ms(started));
     match reported {
         Ok(()) => {
@@ -146,8 +143,8 @@ fn log_reported(
                 run_ms,
                 elapsed_ms,
                 peak_memory = stats.peak_memory,
-                outbound_requests = stats.outbound_requests,
-                outbound_denied = stats.outbound_denied,
+                outbound_requests = stats.outbound_sent(),
+                outbound_denied = stats.outbound_denied(),
                 "task finished"
             );
         }

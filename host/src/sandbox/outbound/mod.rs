@@ -108,7 +108,7 @@ impl fmt::Debug for OutboundGrant {
 }
 
 /// One task's side of outbound HTTP: admits or denies each request the guest sends, and
-/// counts them.
+/// records how each ended.
 pub struct OutboundHooks {
     grant: Arc<OutboundGrant>,
     /// How each request of the task ended, as its status class (`2xx`...), `error` or `denied`.
@@ -116,8 +116,10 @@ pub struct OutboundHooks {
     activity_arn: Arc<str>,
     task_id: String,
     task_deadline: Instant,
-    sent: u32,
-    denied: u32,
+    /// Requests admitted so far: the per-task limit counts them.
+    admitted: u32,
+    /// The target `handle` just admitted, for the `send_request` that follows it.
+    admitted_target: Option<Target>,
 }
 
 impl OutboundHooks {
@@ -134,19 +136,9 @@ impl OutboundHooks {
             activity_arn,
             task_id,
             task_deadline: task_deadline.into(),
-            sent: 0,
-            denied: 0,
+            admitted: 0,
+            admitted_target: None,
         }
-    }
-
-    /// Requests sent so far (admitted by the allowlist and the limits).
-    pub fn sent(&self) -> u32 {
-        self.sent
-    }
-
-    /// Requests denied so far.
-    pub fn denied(&self) -> u32 {
-        self.denied
     }
 
     /// How each request of the task ended: `2xx`, `3xx`, `4xx`, `5xx` (the response's
@@ -156,8 +148,9 @@ impl OutboundHooks {
         self.results.clone()
     }
 
-    /// Admits a request to `scheme://authority` with these headers, or says why not (with a
-    /// `warn` line) as the wasi:http error code the guest gets from `handle`.
+    /// Admits a request to `scheme://authority` with these headers (keeping its target for
+    /// the `send_request` that follows), or says why not (with a `warn` line) as the
+    /// wasi:http error code the guest gets from `handle`.
     fn admit(
         &mut self,
         scheme: &str,
@@ -183,18 +176,18 @@ impl OutboundHooks {
             return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
         }
         let limit = self.grant.limits.max_requests_per_task;
-        if self.sent >= limit {
+        if self.admitted >= limit {
             let why = format!(
                 "the task already sent {limit} requests (the activity's max_outbound_requests_per_task)"
             );
             return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
         }
-        self.sent += 1;
+        self.admitted += 1;
+        self.admitted_target = Some(target);
         Ok(())
     }
 
     fn deny(&mut self, authority: &str, why: &str, error: ErrorCode) -> ErrorCode {
-        self.denied += 1;
         self.results.lock().unwrap().push("denied");
         tracing::warn!(
             activity = %self.activity_arn,
@@ -205,21 +198,17 @@ impl OutboundHooks {
         error
     }
 
-    /// How to send `request`, which [`OutboundHooks::admit`] let through.
+    /// How to send `request`, which [`OutboundHooks::admit`] let through just before (the
+    /// guarded `handle` is the only way a request reaches here; anything else is denied).
     fn plan(
-        &self,
+        &mut self,
         request: &http::Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> Result<SendPlan, Error> {
-        let uri = request.uri();
-        let target = Target::new(
-            uri.scheme_str().unwrap_or(""),
-            uri.authority().map_or("", |a| a.as_str()),
-        )
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
-        if !self.grant.allowlist.admits(&target) {
-            return Err(Error::HttpRequestDenied);
-        }
+        let target = self
+            .admitted_target
+            .take()
+            .ok_or(Error::HttpRequestDenied)?;
         let limits = self.grant.limits;
         Ok(SendPlan {
             log: RequestLog {
@@ -284,9 +273,8 @@ impl GuardedView<'_> {
             Some(types::Scheme::Https) | None => "https",
             Some(types::Scheme::Other(other)) => other.as_str(),
         };
-        let authority = outgoing.authority.clone().unwrap_or_default();
-        let headers = (*outgoing.headers).clone();
-        self.hooks.admit(scheme, &authority, &headers)?;
+        let authority = outgoing.authority.as_deref().unwrap_or_default();
+        self.hooks.admit(scheme, authority, &outgoing.headers)?;
         let mut standard = WasiHttpCtxView {
             ctx: &mut *self.ctx,
             table: &mut *self.table,

@@ -444,3 +444,48 @@ fn a_precompiled_component_runs_without_compiling_and_a_foreign_one_is_refused()
     );
     assert_usage_error(&out, "does not implement the world");
 }
+
+#[test]
+fn a_precompiled_core_module_is_refused_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = wasmtime::Engine::default();
+    let module = engine
+        .precompile_module(&wat::parse_str("(module)").unwrap())
+        .unwrap();
+    let path = dir.path().join("module.cwasm");
+    std::fs::write(&path, module).unwrap();
+    let out = worker(&["invoke", path.to_str().unwrap(), "--input", "{}"], None);
+    assert_usage_error(&out, "precompiled core module, not a component");
+    assert!(
+        stderr(&out).contains("sfn-wasm-worker compile"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_is_logged_and_bypassed() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_directory = dir.path().join("file");
+    std::fs::write(&not_a_directory, "").unwrap();
+    let cache = not_a_directory.join("cache");
+    let guest = guest_path("rust-order");
+    let order = order().to_string();
+    let out = worker(
+        &[
+            "invoke",
+            guest.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--input",
+            &order,
+        ],
+        None,
+    );
+    assert_eq!(stdout_json(&out)["status"], "succeeded", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the component cache is not writable"),
+        "{}",
+        stderr(&out)
+    );
+}

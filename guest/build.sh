@@ -4,7 +4,7 @@
 #   guest/build.sh                 # every guest
 #   guest/build.sh rust-order ...  # just these
 #
-# Guests: rust-order, rust-fetch, adversary, http-probe (Rust), python-order, python-fetch,
+# Guests: rust-order, rust-fetch, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch,
 # python-kit (componentize-py), js-order, js-fetch, js-kit (esbuild + jco), c-order (clang +
 # wasi-libc + wit-bindgen c).
 # The toolchains are installed by .ci/install-tools (which says why each step is as it is).
@@ -15,7 +15,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary http-probe rust-fetch python-order python-fetch python-kit js-order js-fetch js-kit c-order)
+all=(rust-order adversary http-probe rust-fetch versioned-1 versioned-2 python-order python-fetch python-kit js-order js-fetch js-kit c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -29,7 +29,7 @@ need() {
 # Rust guests: Debian's rustc-web (which ships wasm32 std sources) with build-std; called by
 # absolute path so that the host's rustup toolchain stays first on PATH.
 build_rust() {
-    local crate=$1
+    local crate=$1 name=${2:-$1}
     [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] || {
         note "Debian's cargo-web/rustc-web are missing: run .ci/install-tools first"
         exit 1
@@ -39,7 +39,7 @@ build_rust() {
         -Zbuild-std=std,panic_abort \
         --config 'target.wasm32-wasip2.rustflags=["-L","native=/usr/lib/wasm32-wasi"]' \
         --manifest-path "$repo/guest/Cargo.toml" --target-dir "$work/rust" -p "$crate"
-    cp "$work/rust/wasm32-wasip2/release/${crate//-/_}.wasm" "$out/$crate.wasm"
+    cp "$work/rust/wasm32-wasip2/release/${crate//-/_}.wasm" "$out/$name.wasm"
 }
 
 # Where a Python or JavaScript guest's source is: guest/examples/NAME or guest/test-guests/NAME.
@@ -106,6 +106,8 @@ for guest in "$@"; do
     note "building $guest"
     case "$guest" in
         rust-order | adversary | http-probe | rust-fetch) build_rust "$guest" ;;
+        # One crate, two builds that say which they are (hot-reload tests).
+        versioned-1 | versioned-2) GUEST_VERSION=${guest#versioned-} build_rust versioned "$guest" ;;
         python-order) build_python python-order handler ;;
         python-fetch) build_python python-fetch handler-http ;;
         js-order) build_js js-order handler ;;

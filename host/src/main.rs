@@ -14,8 +14,8 @@ use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::outbound::policy::AllowedOrigin;
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, WORLD};
 use sfn_wasm_worker::scaffold::{self, Language};
-use sfn_wasm_worker::worker::sfn::{self, SfnClient};
-use sfn_wasm_worker::worker::{shutdown, Worker};
+use sfn_wasm_worker::worker::sfn::{self, ActivityClients};
+use sfn_wasm_worker::worker::{reload, shutdown, ReloadSource, Worker};
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,7 +86,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve Step Functions activities until SIGTERM/SIGINT, then drain
+    /// Serve Step Functions activities until SIGTERM/SIGINT, then drain; SIGHUP reloads the config
     Run(RunArgs),
     /// Run one task locally and print its outcome as Step Functions would get it
     Invoke(InvokeArgs),
@@ -319,36 +319,38 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         global.no_cache,
         global.cache_dir.clone().or(config.worker.cache_dir.clone()),
     );
-    let runtime = Runtime::new(&EngineSettings {
-        max_concurrent_tasks: config.total_concurrency(),
-        max_memory_bytes: config.max_memory_limit(),
+    let runtime = Arc::new(Runtime::new(&EngineSettings {
+        max_concurrent_tasks: config.pool_tasks(),
+        max_memory_bytes: config.pool_memory_limit(),
         cache,
-    })?;
-    let sdk = sfn::load_sdk_config(&config.worker).await;
-    let mut worker = Worker::new(&runtime, &config, SfnClient::new(&sdk)).with_context(|| {
-        match &args.config {
+    })?);
+    let clients = ActivityClients::new(sfn::load_sdk_config(&config.worker).await);
+    let mut worker =
+        Worker::new(&runtime, &config, clients.own()).with_context(|| match &args.config {
             Some(path) => format!("config file {}", path.display()),
             None => "the --activity-arn flags".to_string(),
-        }
-    })?;
+        })?;
     for activity in &config.activities {
-        if let Some(role) = &activity.role_arn {
-            let client = SfnClient::assuming_role(
-                &sdk,
-                role,
-                activity.external_id.as_deref(),
-                "sfn-wasm-worker",
-            )
-            .await;
-            worker.use_client_for(&activity.arn, client)?;
+        if activity.role_arn.is_some() {
+            worker.use_client_for(&activity.arn, clients.for_activity(activity).await)?;
         }
     }
+    let reload = worker.reload_with(ReloadSource {
+        runtime,
+        read_config: Box::new(move || run_config(&args)),
+        clients,
+    });
     release_freed_memory();
     let shutdown = CancellationToken::new();
     let on_signals = (shutdown.clone(), worker.hurry());
     tokio::spawn(async move {
         if let Err(err) = shutdown::cancel_on_signals(on_signals.0, on_signals.1).await {
             tracing::error!(error = %err, "cannot listen for SIGTERM/SIGINT");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(err) = reload::reload_on_sighup(reload).await {
+            tracing::error!(error = %err, "cannot listen for SIGHUP; reloads stay off");
         }
     });
     match worker.run(shutdown).await {

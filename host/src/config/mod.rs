@@ -33,7 +33,7 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Process-wide settings.
@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// `[worker]`: process-wide settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
     /// `workerName` sent on every poll (default: hostname-pid).
@@ -63,10 +63,20 @@ pub struct WorkerSection {
     pub cache_dir: Option<PathBuf>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, e.g. `0.0.0.0:9090` (default: off).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Tasks the engine reserves sandboxes for, across every activity (default: the sum of
+    /// their `max_concurrency`). Set it higher to leave room for activities that a reload
+    /// adds or grows.
+    pub pool_tasks: Option<u32>,
+    /// The per-task memory the engine reserves (default: the largest `memory_limit`). Set it
+    /// higher to let a reload raise an activity's `memory_limit`.
+    pub pool_memory_limit: Option<ByteSize>,
+    /// Reload an activity's component when its file changes (default true). SIGHUP reloads
+    /// the configuration and the components whatever this says.
+    pub watch_components: Option<bool>,
 }
 
 /// `[[activity]]`: one activity and the component that handles its tasks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityConfig {
     /// The activity's ARN: `arn:aws:states:REGION:ACCOUNT:activity:NAME`.
@@ -231,6 +241,22 @@ impl Config {
                 bail!("[worker] drain_timeout must be more than 0s");
             }
         }
+        if self.total_concurrency() > self.pool_tasks() {
+            bail!(
+                "[worker] pool_tasks is {} but the activities' max_concurrency adds up to {}: \
+                 raise pool_tasks or remove it",
+                self.pool_tasks(),
+                self.total_concurrency()
+            );
+        }
+        if self.max_memory_limit() > self.pool_memory_limit() {
+            bail!(
+                "[worker] pool_memory_limit is {} but an activity's memory_limit is {}: \
+                 raise pool_memory_limit or remove it",
+                ByteSize(self.pool_memory_limit()),
+                ByteSize(self.max_memory_limit())
+            );
+        }
         let mut seen = HashSet::new();
         for (index, activity) in self.activities.iter().enumerate() {
             let at = format!("activity[{index}] ({})", activity.arn);
@@ -313,18 +339,39 @@ impl Config {
         Ok(())
     }
 
-    /// Tasks that may run at once across every activity: sizes the engine's pool.
+    /// Tasks that may run at once across every activity.
     pub fn total_concurrency(&self) -> u32 {
         self.activities.iter().map(|a| a.max_concurrency).sum()
     }
 
-    /// The largest per-task memory cap: sizes a pooled memory slot.
+    /// The largest per-task memory cap.
     pub fn max_memory_limit(&self) -> u64 {
         self.activities
             .iter()
             .map(|a| a.limits().memory_limit)
             .max()
             .unwrap_or(DEFAULT_MEMORY_LIMIT)
+    }
+
+    /// Tasks the engine's pool is sized for: `[worker] pool_tasks`, or every activity's
+    /// `max_concurrency` added up.
+    pub fn pool_tasks(&self) -> u32 {
+        self.worker
+            .pool_tasks
+            .unwrap_or_else(|| self.total_concurrency())
+    }
+
+    /// The memory of one pooled sandbox: `[worker] pool_memory_limit`, or the largest
+    /// `memory_limit`.
+    pub fn pool_memory_limit(&self) -> u64 {
+        self.worker
+            .pool_memory_limit
+            .map_or_else(|| self.max_memory_limit(), |size| size.0)
+    }
+
+    /// Whether components are reloaded when their files change.
+    pub fn watch_components(&self) -> bool {
+        self.worker.watch_components.unwrap_or(true)
     }
 
     /// Drain timeout, with its default.
@@ -478,6 +525,22 @@ mod tests {
             "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 2\npollers = 3\n"
         ));
         assert!(err.contains("key `pollers`"), "{err}");
+
+        let err = load_error(&format!(
+            "[worker]\npool_tasks = 3\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4\n"
+        ));
+        assert!(
+            err.contains("pool_tasks is 3") && err.contains("adds up to 4"),
+            "{err}"
+        );
+
+        let err = load_error(&format!(
+            "[worker]\npool_memory_limit = \"64MiB\"\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"
+        ));
+        assert!(
+            err.contains("pool_memory_limit is 64MiB") && err.contains("128MiB"),
+            "{err}"
+        );
 
         let err = load_error(&format!(
             "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"

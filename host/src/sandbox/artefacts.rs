@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
 
@@ -22,7 +22,7 @@ pub struct Artefacts {
     dir: Option<PathBuf>,
     /// Names this engine's artefacts: one built by an incompatible engine is never picked.
     engine_fingerprint: String,
-    loaded: Mutex<HashMap<String, Component>>,
+    loaded: Mutex<HashMap<Arc<str>, Component>>,
 }
 
 impl Artefacts {
@@ -39,8 +39,9 @@ impl Artefacts {
     }
 
     /// The component at `path` (a component, or a precompiled `.cwasm`): from this process's
-    /// loaded components, else mapped from the cache, else compiled (and cached).
-    pub fn component(&self, path: &Path) -> Result<Component> {
+    /// loaded components, else mapped from the cache, else compiled (and cached); and the key
+    /// it is kept under among the loaded components (none for a `.cwasm`, which is not kept).
+    pub fn component(&self, path: &Path) -> Result<(Component, Option<Arc<str>>)> {
         // A `.cwasm` (an ELF image) is mapped, not read into memory first.
         if starts_with_elf_magic(path)? {
             return match Engine::detect_precompiled_file(path).map_err(anyhow::Error::from) {
@@ -49,27 +50,36 @@ impl Artefacts {
                      component with `sfn-wasm-worker compile`",
                     path.display()
                 ),
-                _ => self.precompiled(path),
+                _ => self.precompiled(path).map(|component| (component, None)),
             };
         }
         let bytes =
             std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
         check_is_component(path, &bytes)?;
-        let key = format!("{:x}", Sha256::digest(&bytes));
+        let key: Arc<str> = format!("{:x}", Sha256::digest(&bytes)).into();
         if let Some(component) = self.loaded.lock().unwrap().get(&key) {
-            return Ok(component.clone());
+            return Ok((component.clone(), Some(key)));
         }
         let component = match &self.dir {
             Some(dir) => self.cached(dir, &key, &bytes, path)?,
             None => self.compile_in_memory(&bytes, path)?,
         };
-        self.loaded.lock().unwrap().insert(key, component.clone());
-        Ok(component)
+        self.loaded
+            .lock()
+            .unwrap()
+            .insert(key.clone(), component.clone());
+        Ok((component, Some(key)))
     }
 
     /// How many distinct components (by their bytes) this process has loaded.
     pub fn loaded(&self) -> usize {
         self.loaded.lock().unwrap().len()
+    }
+
+    /// Forgets the loaded components whose key `in_use` rejects (replaced by a reload): they
+    /// are freed once the last task running them ends.
+    pub fn retain(&self, in_use: impl Fn(&str) -> bool) {
+        self.loaded.lock().unwrap().retain(|key, _| in_use(key));
     }
 
     /// The precompiled artefact of the component at `path` (for `sfn-wasm-worker compile`),

@@ -23,6 +23,7 @@ pub const WORLD: &str = "sfn:activity/handler@0.1.0";
 /// The engine, the linker holding every host function, and the epoch ticker.
 pub struct Runtime {
     engine: Engine,
+    settings: EngineSettings,
     artefacts: Artefacts,
     linker: Linker<TaskState>,
     ticker: EpochTicker,
@@ -33,6 +34,8 @@ pub struct Runtime {
 #[derive(Clone)]
 pub struct Guest {
     path: Arc<Path>,
+    /// The key of its component among the runtime's loaded components.
+    artefact: Option<Arc<str>>,
     pre: HandlerPre<TaskState>,
     ticks: TickDemand,
 }
@@ -76,6 +79,7 @@ impl Runtime {
         Ok(Runtime {
             artefacts: Artefacts::new(&engine, &settings.cache),
             engine,
+            settings: settings.clone(),
             linker,
             ticker,
         })
@@ -86,16 +90,33 @@ impl Runtime {
         &self.engine
     }
 
+    /// What the engine was sized for (its pool of sandboxes).
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
     /// Compiles (or loads from the cache) the component at `path` and checks it against the
     /// world: the error names the missing or mismatched item and the fix.
     pub fn load(&self, path: &Path) -> Result<Guest> {
-        let component = self.compile(path)?;
-        self.pre_instantiate(path, &component)
+        let (component, artefact) = self.artefacts.component(path)?;
+        let mut guest = self.pre_instantiate(path, &component)?;
+        guest.artefact = artefact;
+        Ok(guest)
+    }
+
+    /// Forgets every loaded component but those of `in_use` (after a reload replaced some):
+    /// a replaced one is freed when its last task ends, and loaded again if it comes back.
+    pub fn keep_loaded<'a>(&self, in_use: impl IntoIterator<Item = &'a Guest>) {
+        let keys: std::collections::HashSet<&str> = in_use
+            .into_iter()
+            .filter_map(|guest| guest.artefact.as_deref())
+            .collect();
+        self.artefacts.retain(|key| keys.contains(key));
     }
 
     /// Compiles `path` and reports its imports, exports and whether it can run here.
     pub fn inspect(&self, path: &Path) -> Result<ComponentReport> {
-        let component = self.compile(path)?;
+        let (component, _) = self.artefacts.component(path)?;
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)
@@ -121,10 +142,6 @@ impl Runtime {
     /// that use the same component share one.
     pub fn loaded_components(&self) -> usize {
         self.artefacts.loaded()
-    }
-
-    fn compile(&self, path: &Path) -> Result<Component> {
-        self.artefacts.component(path)
     }
 
     /// The precompiled artefact of the component at `path`, after checking it against the
@@ -159,6 +176,7 @@ impl Runtime {
         })?;
         Ok(Guest {
             path: path.into(),
+            artefact: None,
             pre,
             ticks: self.ticker.demand(),
         })

@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +113,8 @@ pub struct Metrics {
     pub outbound: Family<OutboundLabels, Counter>,
     /// Time it took to load (compile or map) each activity's component.
     pub component_load_seconds: Family<ActivityLabel, Gauge<f64, AtomicU64>>,
+    /// Reloads `applied` and `refused` (SIGHUP, or a component file changed).
+    pub reloads: Family<ResultLabel, Counter>,
     /// The process's resident memory, read at each scrape.
     process_resident_memory: Gauge,
 }
@@ -135,6 +137,7 @@ impl Default for Metrics {
             reports: Family::default(),
             outbound: Family::default(),
             component_load_seconds: Family::default(),
+            reloads: Family::default(),
             process_resident_memory: Gauge::default(),
             registry: Registry::default(),
         };
@@ -203,6 +206,11 @@ impl Default for Metrics {
             "component_load_seconds",
             "Time to load each activity's component",
             metrics.component_load_seconds.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Reloads applied or refused",
+            metrics.reloads.clone(),
         );
         registry.register(
             "process_resident_memory_bytes",
@@ -296,15 +304,27 @@ fn resident_memory() -> Option<i64> {
 }
 
 /// What `/readyz` answers from.
-#[derive(Default)]
 pub struct Readiness {
-    /// One flag per activity, set when its first poll was answered.
-    pub first_poll_answered: Vec<Arc<AtomicBool>>,
+    /// One flag per activity served now, set when its first poll was answered.
+    first_poll_answered: RwLock<Vec<Arc<AtomicBool>>>,
     /// Cancelled when the worker starts draining.
-    pub draining: CancellationToken,
+    draining: CancellationToken,
 }
 
 impl Readiness {
+    /// Not ready from the moment `draining` is cancelled.
+    pub fn new(draining: CancellationToken) -> Readiness {
+        Readiness {
+            first_poll_answered: RwLock::default(),
+            draining,
+        }
+    }
+
+    /// The activities served from now on: ready once each one's first poll was answered.
+    pub fn serve(&self, first_poll_answered: Vec<Arc<AtomicBool>>) {
+        *self.first_poll_answered.write().unwrap() = first_poll_answered;
+    }
+
     fn check(&self) -> Result<(), &'static str> {
         use std::sync::atomic::Ordering;
         if self.draining.is_cancelled() {
@@ -312,6 +332,8 @@ impl Readiness {
         }
         if !self
             .first_poll_answered
+            .read()
+            .unwrap()
             .iter()
             .all(|answered| answered.load(Ordering::Relaxed))
         {

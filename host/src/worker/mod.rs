@@ -7,6 +7,8 @@
 //! - `task`: one task's lifecycle (sandbox, heartbeat, report, log line);
 //! - `heartbeat`: SendTaskHeartbeat on an interval and on the guest's request;
 //! - `report`: SendTaskSuccess/SendTaskFailure with retries;
+//! - `slots`: the engine's task slots shared out between the activities;
+//! - [`reload`]: hot reload (SIGHUP, component files watched), swapped in atomically;
 //! - [`stats`]: the counters; [`metrics`]: Prometheus metrics and health endpoints;
 //!   [`backoff`]: retry delays; [`shutdown`]: signals.
 
@@ -14,50 +16,91 @@ pub mod backoff;
 mod heartbeat;
 pub mod metrics;
 mod poller;
+pub mod reload;
 mod report;
 pub mod sfn;
 pub mod shutdown;
+mod slots;
 pub mod stats;
 mod task;
 
 pub use heartbeat::GUEST_HEARTBEAT_MIN_GAP;
+pub use reload::{ReloadSource, ReloadTrigger};
 pub use report::REPORT_DEADLINE;
 pub use stats::{StatsSnapshot, WorkerStats};
 
 use crate::config::{ActivityConfig, Config};
-use crate::sandbox::{Grants, Runtime, TaskHandler, TaskLimits};
+use crate::sandbox::{Grants, Guest, Runtime, TaskHandler, TaskLimits};
 use anyhow::{bail, Context as _, Result};
 use metrics::{activity_label, Metrics, Readiness};
+use reload::{FileStamp, ReloadReason};
 use sfn::SfnClient;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use slots::SlotPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// One served activity: its handler, limits and state.
-struct Activity {
-    arn: Arc<str>,
+/// What an activity's tasks run with, fixed for each task from its start to its report: a
+/// reload swaps in a new one for later tasks.
+pub(crate) struct ActivitySpec {
+    config: ActivityConfig,
     /// The Step Functions client of the activity's account (the worker's, or an assumed role's).
     client: SfnClient,
     handler: Arc<dyn TaskHandler>,
+    /// The component behind `handler` and its file's stamp when it was loaded (none for a
+    /// handler given directly).
+    loaded: Option<(Guest, FileStamp)>,
     limits: TaskLimits,
     grants: Grants,
-    config: ActivityConfig,
+}
+
+impl ActivitySpec {
+    fn new(
+        config: ActivityConfig,
+        client: SfnClient,
+        handler: Arc<dyn TaskHandler>,
+        loaded: Option<(Guest, FileStamp)>,
+    ) -> ActivitySpec {
+        ActivitySpec {
+            limits: config.limits(),
+            grants: config.grants(),
+            config,
+            client,
+            handler,
+            loaded,
+        }
+    }
+}
+
+/// One served activity, from when it is added to when it is removed.
+struct Activity {
+    arn: Arc<str>,
+    /// What its next task runs with.
+    spec: RwLock<Arc<ActivitySpec>>,
+    /// Its task slots: a poll holds one, then its task until reported.
+    slots: Arc<Semaphore>,
     /// Set when Step Functions says the activity does not exist: its pollers stop.
     stopped: AtomicBool,
     /// Set when a poll of the activity was first answered (readiness).
     first_poll_answered: Arc<AtomicBool>,
 }
 
+impl Activity {
+    /// What a task received now runs with.
+    fn spec(&self) -> Arc<ActivitySpec> {
+        self.spec.read().unwrap().clone()
+    }
+}
+
 /// What every poller and task shares.
 struct Shared {
     worker_name: Arc<str>,
     stats: Arc<WorkerStats>,
-    /// Cancelled on shutdown: no new polls.
-    shutdown: CancellationToken,
     /// Cancelled when the drain timeout has ended: running tasks are stopped at once.
     drain_expired: CancellationToken,
     /// Cancelled to stop draining at once: open polls are abandoned too.
@@ -67,13 +110,23 @@ struct Shared {
 
 /// The worker: activities with loaded components, a Step Functions client, counters.
 pub struct Worker {
-    activities: Vec<Arc<Activity>>,
+    /// The configuration it serves (a reload starts from it).
+    config: Config,
+    /// Each activity's spec, in `config` order.
+    specs: Vec<Arc<ActivitySpec>>,
+    /// Tasks the engine reserved sandboxes for: the activities' slots never add up to more.
+    pool_tasks: u32,
     worker_name: Arc<str>,
     drain_timeout: Duration,
     stats: Arc<WorkerStats>,
     hurry: CancellationToken,
     metrics: Arc<Metrics>,
     metrics_addr: Option<std::net::SocketAddr>,
+    reload: Option<(
+        ReloadSource,
+        ReloadTrigger,
+        mpsc::UnboundedReceiver<ReloadReason>,
+    )>,
 }
 
 impl Worker {
@@ -81,17 +134,33 @@ impl Worker {
     /// fails before any poll if one does not load, naming the activity.
     pub fn new(runtime: &Runtime, config: &Config, client: SfnClient) -> Result<Worker> {
         config.validate()?;
-        let mut handlers: Vec<Arc<dyn TaskHandler>> = Vec::new();
+        let mut loaded = Vec::new();
         let mut load_seconds = Vec::new();
         for activity in &config.activities {
             let loading = std::time::Instant::now();
+            let stamp = FileStamp::of(&activity.component)
+                .with_context(|| format!("activity {}: key `component`", activity.arn))?;
             let guest = runtime
                 .load(&activity.component)
                 .with_context(|| format!("activity {}: key `component`", activity.arn))?;
             load_seconds.push(loading.elapsed().as_secs_f64());
-            handlers.push(Arc::new(guest));
+            loaded.push((guest, stamp));
         }
-        let worker = Worker::with_handlers(config, handlers, client)?;
+        let specs = config
+            .activities
+            .iter()
+            .zip(loaded)
+            .map(|(activity, (guest, stamp))| {
+                let handler: Arc<dyn TaskHandler> = Arc::new(guest.clone());
+                ActivitySpec::new(
+                    activity.clone(),
+                    client.clone(),
+                    handler,
+                    Some((guest, stamp)),
+                )
+            })
+            .collect();
+        let worker = Worker::from_specs(config, specs, runtime.settings().max_concurrent_tasks)?;
         for (activity, seconds) in config.activities.iter().zip(load_seconds) {
             worker
                 .metrics
@@ -116,31 +185,36 @@ impl Worker {
                 config.activities.len()
             );
         }
-        let activities = config
+        let specs = config
             .activities
             .iter()
             .zip(handlers)
             .map(|(activity, handler)| {
-                Arc::new(Activity {
-                    arn: activity.arn.as_str().into(),
-                    client: client.clone(),
-                    handler,
-                    limits: activity.limits(),
-                    grants: activity.grants(),
-                    config: activity.clone(),
-                    stopped: AtomicBool::new(false),
-                    first_poll_answered: Arc::default(),
-                })
+                ActivitySpec::new(activity.clone(), client.clone(), handler, None)
             })
             .collect();
+        Worker::from_specs(config, specs, config.pool_tasks())
+    }
+
+    fn from_specs(config: &Config, specs: Vec<ActivitySpec>, pool_tasks: u32) -> Result<Worker> {
+        if config.total_concurrency() > pool_tasks {
+            bail!(
+                "the activities' max_concurrency adds up to {} but the engine has sandboxes for \
+                 {pool_tasks} tasks; size it with Config::pool_tasks",
+                config.total_concurrency()
+            );
+        }
         Ok(Worker {
-            activities,
+            config: config.clone(),
+            specs: specs.into_iter().map(Arc::new).collect(),
+            pool_tasks,
             worker_name: config.worker_name().into(),
             drain_timeout: config.drain_timeout(),
             stats: Arc::default(),
             hurry: CancellationToken::new(),
             metrics: Arc::default(),
             metrics_addr: config.worker.metrics_addr,
+            reload: None,
         })
     }
 
@@ -155,15 +229,24 @@ impl Worker {
     /// Makes the activity `activity_arn` call Step Functions with `client` (e.g. one whose
     /// credentials come from the activity's `role_arn`) instead of the worker's.
     pub fn use_client_for(&mut self, activity_arn: &str, client: SfnClient) -> Result<()> {
-        let activity = self
-            .activities
+        let spec = self
+            .specs
             .iter_mut()
-            .find(|activity| &*activity.arn == activity_arn)
+            .find(|spec| spec.config.arn == activity_arn)
             .with_context(|| format!("no activity {activity_arn} in this worker"))?;
-        Arc::get_mut(activity)
+        Arc::get_mut(spec)
             .context("the worker is already running")?
             .client = client;
         Ok(())
+    }
+
+    /// Lets the worker reload while it runs: the returned trigger (and, if the configuration
+    /// asks for it, a change to a component file) makes it prepare the new state from
+    /// `source` and swap it in. See [`reload`].
+    pub fn reload_with(&mut self, source: ReloadSource) -> ReloadTrigger {
+        let (trigger, requests) = ReloadTrigger::new();
+        self.reload = Some((source, trigger.clone(), requests));
+        trigger
     }
 
     /// The worker's metrics (shared; served on `metrics_addr` while it runs).
@@ -182,63 +265,73 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<StatsSnapshot> {
         let stop_serving = CancellationToken::new();
         let _stop_serving_on_return = stop_serving.clone().drop_guard();
+        let readiness = Arc::new(Readiness::new(shutdown.clone()));
         if let Some(addr) = self.metrics_addr {
             let listener = metrics::bind(addr).await?;
-            let readiness = Readiness {
-                first_poll_answered: self
-                    .activities
-                    .iter()
-                    .map(|activity| activity.first_poll_answered.clone())
-                    .collect(),
-                draining: shutdown.clone(),
-            };
             tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
             tokio::spawn(metrics::serve(
                 listener,
                 self.metrics.clone(),
-                Arc::new(readiness),
-                stop_serving,
+                readiness.clone(),
+                stop_serving.clone(),
             ));
         }
         let shared = Arc::new(Shared {
             worker_name: self.worker_name,
             stats: self.stats,
-            shutdown: shutdown.clone(),
             drain_expired: CancellationToken::new(),
             hurry: self.hurry.clone(),
             metrics: self.metrics.clone(),
         });
-        let mut pollers = JoinSet::new();
-        let tasks = TaskTracker::new();
-        for activity in &self.activities {
-            let slots = Arc::new(Semaphore::new(activity.config.max_concurrency as usize));
-            tracing::info!(
-                activity = %activity.arn,
-                handler = %activity.handler.describe(),
-                max_concurrency = activity.config.max_concurrency,
-                pollers = activity.config.pollers,
-                worker = %shared.worker_name,
-                "serving activity"
-            );
-            for _ in 0..activity.config.pollers {
-                pollers.spawn(poller::poll_loop(
-                    shared.clone(),
-                    activity.clone(),
-                    slots.clone(),
-                    tasks.clone(),
-                ));
-            }
+        let mut serving = Serving {
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+            slot_pool: SlotPool::new(self.pool_tasks),
+            activities: HashMap::new(),
+            pollers: JoinSet::new(),
+            tasks: TaskTracker::new(),
+            readiness,
+        };
+        serving.apply(self.specs.clone());
+        let (apply, mut reloads) = mpsc::unbounded_channel();
+        let stop_reloading = CancellationToken::new();
+        let _stop_reloading_on_return = stop_reloading.clone().drop_guard();
+        if let Some((source, trigger, requests)) = self.reload {
+            let served = reload::Served {
+                config: self.config,
+                specs: self.specs,
+            };
+            tokio::spawn(reload::reload_loop(
+                source,
+                trigger,
+                requests,
+                served,
+                apply,
+                self.metrics.clone(),
+                stop_reloading.clone(),
+            ));
         }
 
-        // Pollers only end on shutdown or when their activity is unknown: if they all end
-        // first, no activity is left.
-        let stopped_by_errors = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => false,
-            _ = async { while pollers.join_next().await.is_some() {} } => true,
+        // Pollers only end on shutdown, when their activity is removed, or when it is
+        // unknown: if they all end first, no activity is left.
+        let stopped_by_errors = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break false,
+                Some(specs) = reloads.recv() => {
+                    serving.apply(specs);
+                    Metrics::count(&shared.metrics.reloads, "applied");
+                    tracing::info!(activities = serving.activities.len(), "reload applied");
+                }
+                ended = serving.pollers.join_next() => if ended.is_none() { break true },
+            }
         };
+        stop_reloading.cancel(); // no reloads while draining
 
         // Each poller stops after its current poll returns; what it brings still runs.
+        let Serving {
+            mut pollers, tasks, ..
+        } = serving;
         let drain = async {
             while pollers.join_next().await.is_some() {}
             tasks.close();
@@ -280,5 +373,129 @@ impl Worker {
             bail!("no activity left to serve: Step Functions does not know any of them (see the errors above)");
         }
         Ok(stats)
+    }
+}
+
+/// The activities being served, their pollers and tasks.
+struct Serving {
+    shared: Arc<Shared>,
+    /// Cancelled on shutdown: no new polls.
+    shutdown: CancellationToken,
+    slot_pool: SlotPool,
+    activities: HashMap<Arc<str>, ServedActivity>,
+    pollers: JoinSet<()>,
+    tasks: TaskTracker,
+    readiness: Arc<Readiness>,
+}
+
+/// One activity being served and what stops its pollers.
+struct ServedActivity {
+    activity: Arc<Activity>,
+    /// Cancelled when the activity is removed (a child of the shutdown token).
+    removed: CancellationToken,
+    /// One token per poller, cancelled to retire that poller.
+    pollers: Vec<CancellationToken>,
+}
+
+impl Serving {
+    /// Serves `specs` from now on: adds the activities that are new, swaps the spec of those
+    /// that changed (their running tasks keep the old one), resizes their slots and pollers,
+    /// and removes the activities that are gone (they stop polling; their tasks finish).
+    fn apply(&mut self, specs: Vec<Arc<ActivitySpec>>) {
+        let arns: std::collections::HashSet<&str> =
+            specs.iter().map(|spec| spec.config.arn.as_str()).collect();
+        let removed: Vec<Arc<str>> = self
+            .activities
+            .keys()
+            .filter(|arn| !arns.contains(&***arn))
+            .cloned()
+            .collect();
+        for arn in removed {
+            let served = self.activities.remove(&arn).expect("listed just above");
+            served.removed.cancel();
+            let max = served.activity.spec().config.max_concurrency;
+            self.slot_pool.resize(&served.activity.slots, max, 0);
+            tracing::info!(
+                activity = %arn,
+                "activity removed: no new polls after the open ones return; its running tasks finish"
+            );
+        }
+        for spec in specs {
+            let arn: Arc<str> = spec.config.arn.as_str().into();
+            match self.activities.get_mut(&arn) {
+                Some(served) => {
+                    let old = std::mem::replace(
+                        &mut *served.activity.spec.write().unwrap(),
+                        spec.clone(),
+                    );
+                    if Arc::ptr_eq(&old, &spec) {
+                        continue;
+                    }
+                    self.slot_pool.resize(
+                        &served.activity.slots,
+                        old.config.max_concurrency,
+                        spec.config.max_concurrency,
+                    );
+                    if served.activity.stopped.swap(false, Ordering::SeqCst) {
+                        served.pollers.clear(); // they have ended: start afresh
+                    }
+                    tracing::info!(activity = %arn, "activity updated: new tasks use the new settings");
+                    self.set_pollers(&arn, spec.config.pollers);
+                }
+                None => {
+                    let activity = Arc::new(Activity {
+                        arn: arn.clone(),
+                        slots: Arc::new(Semaphore::new(0)),
+                        spec: RwLock::new(spec.clone()),
+                        stopped: AtomicBool::new(false),
+                        first_poll_answered: Arc::default(),
+                    });
+                    self.slot_pool
+                        .resize(&activity.slots, 0, spec.config.max_concurrency);
+                    tracing::info!(
+                        activity = %arn,
+                        handler = %spec.handler.describe(),
+                        max_concurrency = spec.config.max_concurrency,
+                        pollers = spec.config.pollers,
+                        worker = %self.shared.worker_name,
+                        "serving activity"
+                    );
+                    self.activities.insert(
+                        arn.clone(),
+                        ServedActivity {
+                            activity,
+                            removed: self.shutdown.child_token(),
+                            pollers: Vec::new(),
+                        },
+                    );
+                    self.set_pollers(&arn, spec.config.pollers);
+                }
+            }
+        }
+        self.readiness.serve(
+            self.activities
+                .values()
+                .map(|served| served.activity.first_poll_answered.clone())
+                .collect(),
+        );
+    }
+
+    /// Starts or retires pollers of the activity `arn` until it has `count`.
+    fn set_pollers(&mut self, arn: &str, count: u32) {
+        let served = self.activities.get_mut(arn).expect("a served activity");
+        let count = count as usize;
+        while served.pollers.len() > count {
+            served.pollers.pop().expect("more than count").cancel();
+        }
+        while served.pollers.len() < count {
+            let retire = served.removed.child_token();
+            served.pollers.push(retire.clone());
+            self.pollers.spawn(poller::poll_loop(
+                self.shared.clone(),
+                served.activity.clone(),
+                retire,
+                self.tasks.clone(),
+            ));
+        }
     }
 }

@@ -9,37 +9,41 @@ use crate::worker::{task, Activity, Shared};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Backoff after a failed poll: first retry within 0.1–0.2 s, at most 30 s apart.
 const POLL_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
 
-/// Polls for `activity` until shutdown, or until Step Functions says the activity does not
-/// exist. A poll in flight is not aborted by a shutdown (a task it brings must run, not be
-/// lost until its timeout); only [`crate::worker::Worker::hurry`] abandons it.
+/// Polls for `activity` until `stop` (shutdown, the activity removed or this poller retired
+/// by a reload), or until Step Functions says the activity does not exist. A poll in flight
+/// is not aborted by `stop` (a task it brings must run, not be lost until its timeout); only
+/// [`crate::worker::Worker::hurry`] abandons it. Each task runs with the activity's spec of
+/// the moment it arrived.
 pub(crate) async fn poll_loop(
     shared: Arc<Shared>,
     activity: Arc<Activity>,
-    slots: Arc<Semaphore>,
+    stop: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let slots = &activity.slots;
     let mut backoff = Backoff::new(POLL_BACKOFF.0, POLL_BACKOFF.1);
     let label = activity_label(&activity.arn);
     let free_slots = shared.metrics.free_slots.get_or_create_owned(&label);
     let open_polls = shared.metrics.open_polls.get_or_create_owned(&label);
     loop {
-        if shared.shutdown.is_cancelled() || activity.stopped.load(Ordering::SeqCst) {
+        if stop.is_cancelled() || activity.stopped.load(Ordering::SeqCst) {
             return;
         }
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
-            _ = shared.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         free_slots.set(slots.available_permits() as i64);
         open_polls.inc();
+        let client = activity.spec().client.clone();
         let polled = tokio::select! {
-            polled = activity.client.poll(&activity.arn, &shared.worker_name) => Some(polled),
+            polled = client.poll(&activity.arn, &shared.worker_name) => Some(polled),
             _ = shared.hurry.cancelled() => None,
         };
         open_polls.dec();
@@ -59,10 +63,12 @@ pub(crate) async fn poll_loop(
                 }
                 match received {
                     Some(received) => {
-                        let (shared, activity) = (shared.clone(), activity.clone());
-                        let (slots, free_slots) = (slots.clone(), free_slots.clone());
+                        let (shared, activity, spec) =
+                            (shared.clone(), activity.clone(), activity.spec());
+                        let free_slots = free_slots.clone();
                         tasks.spawn(async move {
-                            task::run_task(&shared, &activity, received).await;
+                            task::run_task(&shared, &activity.arn, &spec, received).await;
+                            let slots = &activity.slots;
                             drop(permit);
                             free_slots.set(slots.available_permits() as i64);
                         });
@@ -101,7 +107,7 @@ pub(crate) async fn poll_loop(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shared.shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! timeout, reports and heartbeats with short ones, and errors sorted by what the worker
 //! should do about them.
 
-use crate::config::WorkerSection;
+use crate::config::{ActivityConfig, WorkerSection};
 use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -139,6 +139,45 @@ pub async fn load_sdk_config(worker: &WorkerSection) -> SdkConfig {
         loader = loader.endpoint_url(endpoint);
     }
     loader.load().await
+}
+
+/// Builds each activity's clients: the worker's own, or ones assuming the activity's
+/// `role_arn` (used at start-up and by reloads that add an activity or change its role).
+#[derive(Clone, Debug)]
+pub struct ActivityClients {
+    sdk: SdkConfig,
+    own: SfnClient,
+}
+
+impl ActivityClients {
+    /// Clients from `sdk` (the worker's own credentials).
+    pub fn new(sdk: SdkConfig) -> ActivityClients {
+        ActivityClients {
+            own: SfnClient::new(&sdk),
+            sdk,
+        }
+    }
+
+    /// The worker's own clients.
+    pub fn own(&self) -> SfnClient {
+        self.own.clone()
+    }
+
+    /// The clients `activity` calls Step Functions with.
+    pub async fn for_activity(&self, activity: &ActivityConfig) -> SfnClient {
+        match &activity.role_arn {
+            Some(role) => {
+                SfnClient::assuming_role(
+                    &self.sdk,
+                    role,
+                    activity.external_id.as_deref(),
+                    "sfn-wasm-worker",
+                )
+                .await
+            }
+            None => self.own(),
+        }
+    }
 }
 
 impl SfnClient {

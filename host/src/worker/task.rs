@@ -8,30 +8,34 @@ use crate::worker::metrics::{activity_label, Metrics, OutboundLabels};
 use crate::worker::report::{report, ReportError};
 use crate::worker::sfn::ActivityTask;
 use crate::worker::stats::bump;
-use crate::worker::{Activity, Shared};
+use crate::worker::{ActivitySpec, Shared};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;
 
-/// Runs `task` of `activity` to its end; every log line carries the activity and task id.
-pub(crate) async fn run_task(shared: &Shared, activity: &Activity, task: ActivityTask) {
-    let span = tracing::info_span!("task", activity = %activity.arn, task_id = %task.task_id());
+/// Runs `task` of the activity `arn` to its end with `spec` (the activity's settings when
+/// the task arrived); every log line carries the activity and task id.
+pub(crate) async fn run_task(
+    shared: &Shared,
+    arn: &Arc<str>,
+    spec: &ActivitySpec,
+    task: ActivityTask,
+) {
+    let span = tracing::info_span!("task", activity = %arn, task_id = %task.task_id());
     async {
         bump(&shared.stats.tasks_started);
         let in_flight = shared
             .metrics
             .in_flight
-            .get_or_create_owned(&activity_label(&activity.arn));
+            .get_or_create_owned(&activity_label(arn));
         in_flight.inc();
         let started = Instant::now();
-        let (end, stats) = run_in_sandbox(shared, activity, &task).await;
-        record_sandbox(&shared.metrics, &activity.arn, &stats);
+        let (end, stats) = run_in_sandbox(shared, arn, spec, &task).await;
+        record_sandbox(&shared.metrics, arn, &stats);
         match end {
             TaskEnd::Abandoned(why) => {
                 bump(&shared.stats.abandoned);
-                shared
-                    .metrics
-                    .task_finished(&activity.arn, "abandoned", None);
+                shared.metrics.task_finished(arn, "abandoned", None);
                 tracing::warn!(
                     outcome = "abandoned",
                     reason = %why,
@@ -40,16 +44,15 @@ pub(crate) async fn run_task(shared: &Shared, activity: &Activity, task: Activit
                 );
             }
             TaskEnd::Report(outcome) => {
-                let reported =
-                    report(&activity.client, &shared.metrics, &task.token, &outcome).await;
-                log_reported(shared, activity, &outcome, reported, &stats, started);
+                let reported = report(&spec.client, &shared.metrics, &task.token, &outcome).await;
+                log_reported(shared, arn, &outcome, reported, &stats, started);
             }
         }
         in_flight.dec();
         shared
             .metrics
             .task_seconds
-            .get_or_create(&activity_label(&activity.arn))
+            .get_or_create(&activity_label(arn))
             .observe(started.elapsed().as_secs_f64());
     }
     .instrument(span)
@@ -60,32 +63,31 @@ pub(crate) async fn run_task(shared: &Shared, activity: &Activity, task: Activit
 /// is reported as `Worker.ShuttingDown`.
 async fn run_in_sandbox(
     shared: &Shared,
-    activity: &Activity,
+    arn: &Arc<str>,
+    spec: &ActivitySpec,
     task: &ActivityTask,
 ) -> (TaskEnd, TaskStats) {
     let interrupt = Interrupt::default();
     let heartbeat = Arc::new(TaskHeartbeat::new(
-        activity.client.clone(),
+        spec.client.clone(),
         task.token.clone(),
         interrupt.clone(),
         shared.stats.clone(),
         shared.metrics.clone(),
     ));
-    let _ticker = activity
+    let _ticker = spec
         .config
         .heartbeat_interval
         .map(|interval| heartbeat.start_ticker(interval.0));
     let sandbox_task = Task {
         input: task.input.clone(),
-        activity_arn: activity.arn.clone(),
+        activity_arn: arn.clone(),
         worker_name: shared.worker_name.clone(),
         task_id: task.task_id(),
         heartbeat,
         interrupt: interrupt.clone(),
     };
-    let run = activity
-        .handler
-        .run(sandbox_task, &activity.limits, &activity.grants);
+    let run = spec.handler.run(sandbox_task, &spec.limits, &spec.grants);
     let stop_when_drain_expires = async {
         shared.drain_expired.cancelled().await;
         interrupt.trigger(InterruptReason::ShuttingDown);
@@ -118,7 +120,7 @@ fn record_sandbox(metrics: &Metrics, activity: &str, stats: &TaskStats) {
 /// Counts and logs a reported task: one line whatever happened to the report.
 fn log_reported(
     shared: &Shared,
-    activity: &Activity,
+    arn: &str,
     outcome: &Outcome,
     reported: Result<(), ReportError>,
     stats: &TaskStats,
@@ -128,7 +130,7 @@ fn log_reported(
         Outcome::Succeeded { .. } => ("succeeded", None),
         Outcome::Failed { error, .. } => ("failed", Some(error.as_str())),
     };
-    shared.metrics.task_finished(&activity.arn, status, error);
+    shared.metrics.task_finished(arn, status, error);
     let (run_ms, elapsed_ms) = (stats.elapsed.as_secs_f64() * 1e3, ms(started));
     match reported {
         Ok(()) => {

@@ -8,7 +8,9 @@
 //! 4. start-up: process start → first poll, cold and warm compilation cache; 4b. idle CPU
 //!    with 8 open polls;
 //! 5. (--localstack) tasks/s against LocalStack and where the time goes;
-//! 6. tenants: N activities in one process, start-up, memory, first task per tenant.
+//! 6. tenants: N activities in one process, start-up, memory, first task per tenant;
+//! 7. peers: the published Python and Node.js workers and a boto3 worker, side by side with
+//!    the wasm worker, each its own process, at 1/8/64 and three round trips.
 //!
 //! Run it with `bash bench/run.sh [--quick] [--localstack]` (see BENCHMARKS.md).
 
@@ -16,6 +18,7 @@ mod idle;
 mod localstack;
 mod memory;
 mod native;
+mod peers;
 mod raw_client;
 mod report;
 mod sandbox_cost;
@@ -59,7 +62,7 @@ struct Args {
     #[arg(long)]
     localstack: bool,
     /// Run only these sections (1 sandbox, 2 throughput, 3 memory, 4 start-up and idle, 5
-    /// LocalStack, 6 tenants)
+    /// LocalStack, 6 tenants, 7 peers)
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Override the number of tasks per throughput run
@@ -76,6 +79,8 @@ struct Counts {
     throughput_tasks: usize,
     boto3_tasks: usize,
     localstack_tasks: usize,
+    /// Tasks per section 7 run answering at once (fewer with a round trip).
+    peer_tasks: usize,
     repetitions: usize,
     /// How long section 4b watches an idle worker.
     idle_window: Duration,
@@ -138,6 +143,7 @@ async fn run(args: Args) -> Result<()> {
             throughput_tasks: 300,
             boto3_tasks: 100,
             localstack_tasks: 20,
+            peer_tasks: 100,
             repetitions: 1,
             idle_window: Duration::from_secs(3),
         }
@@ -147,6 +153,7 @@ async fn run(args: Args) -> Result<()> {
             throughput_tasks: 5_000,
             boto3_tasks: 1_000,
             localstack_tasks: 200,
+            peer_tasks: 2_000,
             repetitions: 3,
             idle_window: Duration::from_secs(20),
         }
@@ -183,6 +190,7 @@ async fn run(args: Args) -> Result<()> {
     }
     if wanted(3) {
         memory::memory(&guests).await?;
+        memory::many_in_flight(if args.quick { 1_000 } else { 10_000 }).await?;
     }
     if wanted(4) {
         startup::startup().await?;
@@ -195,6 +203,9 @@ async fn run(args: Args) -> Result<()> {
             &[1, 5, 20, 100]
         };
         tenants::tenants(counts).await?;
+    }
+    if wanted(7) {
+        peers::peers(counts.peer_tasks).await?;
     }
     if args.localstack || args.only.contains(&5) {
         localstack::localstack(&guests[0].1, counts.localstack_tasks).await?;

@@ -44,7 +44,7 @@ impl Op {
 }
 
 /// A fault to inject into the next call(s) of an operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// 400 `ThrottlingException`.
     Throttle,
@@ -56,6 +56,45 @@ pub enum Fault {
     Reset,
     /// 400 with this error code (e.g. `TaskTimedOut`, `InvalidToken`).
     Error(&'static str),
+    /// Handle the call (a report lands, a task is handed out), then close the connection
+    /// without answering: the client cannot tell whether it landed and may send it again.
+    ResetAfter,
+    /// For heartbeats and reports: the task's timeout has just passed, as the service would
+    /// say: the task becomes `TimedOut` and the call gets `TaskTimedOut`.
+    TimeOutTask,
+}
+
+/// Faults drawn at fixed rates per operation from a seeded generator (SplitMix64), so a
+/// failing run can be replayed with its seed.
+struct FaultRates {
+    state: u64,
+    rates: Vec<(Op, Fault, f64)>,
+}
+
+impl FaultRates {
+    /// A number in [0, 1).
+    fn next(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
+    }
+
+    /// The fault for this call of `op`, if one is drawn.
+    fn draw(&mut self, op: Op) -> Option<Fault> {
+        let roll = self.next();
+        let mut below = 0.0;
+        for (fault_op, fault, rate) in &self.rates {
+            if *fault_op == op {
+                below += rate;
+                if roll < below {
+                    return Some(*fault);
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Where a task is.
@@ -98,6 +137,10 @@ struct Inner {
     queues: HashMap<String, VecDeque<String>>,
     tasks: HashMap<String, TaskRecord>,
     faults: HashMap<Op, VecDeque<Fault>>,
+    /// Faults drawn at rates (after the queued ones).
+    fault_rates: Option<FaultRates>,
+    /// Faults injected so far, by operation and kind.
+    injected: HashMap<(Op, String), u64>,
     calls: HashMap<Op, u64>,
     first_calls: HashMap<Op, Instant>,
     open_polls: HashMap<String, usize>,
@@ -271,9 +314,35 @@ impl FakeSfn {
         queue.extend(std::iter::repeat_n(fault, times));
     }
 
-    /// Removes every pending fault.
+    /// From now on, fails each call of an operation with one of its faults at the given
+    /// rates (fractions of its calls, drawn from a generator seeded with `seed`).
+    pub fn set_fault_rates(&self, seed: u64, rates: &[(Op, Fault, f64)]) {
+        self.state.inner.lock().unwrap().fault_rates = Some(FaultRates {
+            state: seed,
+            rates: rates.to_vec(),
+        });
+    }
+
+    /// Faults injected so far: (operation, fault) → how many.
+    pub fn injected(&self) -> Vec<(String, u64)> {
+        let mut injected: Vec<(String, u64)> = self
+            .state
+            .inner
+            .lock()
+            .unwrap()
+            .injected
+            .iter()
+            .map(|((op, fault), count)| (format!("{op:?} {fault}"), *count))
+            .collect();
+        injected.sort();
+        injected
+    }
+
+    /// Removes every pending fault and every rate.
     pub fn clear_faults(&self) {
-        self.state.inner.lock().unwrap().faults.clear();
+        let mut inner = self.state.inner.lock().unwrap();
+        inner.faults.clear();
+        inner.fault_rates = None;
     }
 
     /// Times a task out, as Step Functions does when its TimeoutSeconds or
@@ -495,8 +564,18 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         let mut inner = state.inner.lock().unwrap();
         *inner.calls.entry(op).or_default() += 1;
         inner.first_calls.entry(op).or_insert_with(Instant::now);
-        inner.faults.get_mut(&op).and_then(VecDeque::pop_front)
+        let fault = match inner.faults.get_mut(&op).and_then(VecDeque::pop_front) {
+            Some(fault) => Some(fault),
+            None => inner.fault_rates.as_mut().and_then(|rates| rates.draw(op)),
+        };
+        if let Some(fault) = fault {
+            let kind = format!("{fault:?}");
+            let kind = kind.split('(').next().unwrap_or_default().to_string();
+            *inner.injected.entry((op, kind)).or_default() += 1;
+        }
+        fault
     };
+    let token = body["taskToken"].as_str().unwrap_or_default().to_string();
     match fault {
         Some(Fault::Throttle) => {
             return error(
@@ -515,15 +594,35 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         Some(Fault::Reset) => return Err(std::io::Error::other("injected connection reset")),
         Some(Fault::Error(code)) => return error(StatusCode::BAD_REQUEST, code, "injected"),
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
-        None => {}
+        Some(Fault::TimeOutTask) if op != Op::GetActivityTask => {
+            let mut inner = state.inner.lock().unwrap();
+            if inner.tasks.get(&token).map(|task| &task.state) == Some(&TaskState::Running) {
+                inner.finish(&token, TaskState::TimedOut);
+                if matches!(op, Op::SendTaskSuccess | Op::SendTaskFailure) {
+                    inner.tasks.get_mut(&token).unwrap().reports += 1;
+                }
+                drop(inner);
+                state.task_finished.notify_waiters();
+            }
+            return error(StatusCode::BAD_REQUEST, "TaskTimedOut", "task timed out");
+        }
+        Some(Fault::ResetAfter) => {
+            let _ = answer_call(&state, op, &body, &token).await;
+            return Err(std::io::Error::other("injected reset after handling"));
+        }
+        _ => {}
     }
     let latency = *state.latency.lock().unwrap();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let token = body["taskToken"].as_str().unwrap_or_default().to_string();
+    answer_call(&state, op, &body, &token).await
+}
+
+/// Answers one call of `op` as the service would.
+async fn answer_call(state: &State, op: Op, body: &Value, token: &str) -> Answer {
     match op {
-        Op::GetActivityTask => get_activity_task(&state, &body).await,
+        Op::GetActivityTask => get_activity_task(state, body).await,
         Op::SendTaskSuccess => {
             let output = body["output"].as_str().unwrap_or_default().to_string();
             if serde_json::from_str::<Value>(&output).is_err() {
@@ -533,18 +632,18 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
                     "output is not JSON",
                 );
             }
-            report(&state, &token, TaskState::Succeeded(output))
+            report(state, token, TaskState::Succeeded(output))
         }
         Op::SendTaskFailure => {
             let failure = TaskState::Failed {
                 error: body["error"].as_str().unwrap_or_default().to_string(),
                 cause: body["cause"].as_str().unwrap_or_default().to_string(),
             };
-            report(&state, &token, failure)
+            report(state, token, failure)
         }
         Op::SendTaskHeartbeat => {
             let mut inner = state.inner.lock().unwrap();
-            match inner.tasks.get_mut(&token) {
+            match inner.tasks.get_mut(token) {
                 None => error(StatusCode::BAD_REQUEST, "InvalidToken", "unknown token"),
                 Some(task) if task.state == TaskState::Running => {
                     task.heartbeats += 1;

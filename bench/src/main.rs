@@ -10,7 +10,9 @@
 //! 5. (--localstack) tasks/s against LocalStack and where the time goes;
 //! 6. tenants: N activities in one process, start-up, memory, first task per tenant;
 //! 7. peers: the published Python and Node.js workers and a boto3 worker, side by side with
-//!    the wasm worker, each its own process, at 1/8/64 and three round trips.
+//!    the wasm worker, each its own process, at 1/8/64 and three round trips;
+//! 8. hostile neighbours: one activity's latency alone and beside one flooded with hostile
+//!    guests.
 //!
 //! Run it with `bash bench/run.sh [--quick] [--localstack]` (see BENCHMARKS.md).
 
@@ -18,6 +20,7 @@ mod idle;
 mod localstack;
 mod memory;
 mod native;
+mod neighbours;
 mod peers;
 mod raw_client;
 mod report;
@@ -62,7 +65,7 @@ struct Args {
     #[arg(long)]
     localstack: bool,
     /// Run only these sections (1 sandbox, 2 throughput, 3 memory, 4 start-up and idle, 5
-    /// LocalStack, 6 tenants, 7 peers)
+    /// LocalStack, 6 tenants, 7 peers, 8 hostile neighbours)
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Override the number of tasks per throughput run
@@ -206,6 +209,10 @@ async fn run(args: Args) -> Result<()> {
     }
     if wanted(7) {
         peers::peers(counts.peer_tasks).await?;
+    }
+    if wanted(8) {
+        let window = Duration::from_secs(if args.quick { 3 } else { 15 });
+        neighbours::neighbours(&runtime, window).await?;
     }
     if args.localstack || args.only.contains(&5) {
         localstack::localstack(&guests[0].1, counts.localstack_tasks).await?;

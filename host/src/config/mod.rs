@@ -8,6 +8,7 @@
 
 pub mod units;
 
+use crate::sandbox::cpu_share::CpuShare;
 use crate::sandbox::outbound::policy::AllowedOrigin;
 use crate::sandbox::outbound::{OutboundGrant, OutboundLimits};
 use crate::sandbox::{Grants, TaskLimits};
@@ -94,6 +95,10 @@ pub struct ActivityConfig {
     pub timeout: Option<HumanDuration>,
     /// Linear-memory cap per task (default 128MiB).
     pub memory_limit: Option<ByteSize>,
+    /// Cores this activity's guests may use at once once they run past 10 ms (default: the
+    /// machine's cores minus one, at least 1): a tenant's spinning guests leave the other
+    /// tenants and the worker's own calls a core.
+    pub max_cores: Option<u32>,
     /// Send SendTaskHeartbeat for every in-flight task at this interval (default: off).
     pub heartbeat_interval: Option<HumanDuration>,
     /// Environment variables granted to the guest.
@@ -143,6 +148,7 @@ impl ActivityConfig {
             pollers: default_pollers(),
             timeout: None,
             memory_limit: None,
+            max_cores: None,
             heartbeat_interval: None,
             env: BTreeMap::new(),
             read_only_dirs: BTreeMap::new(),
@@ -164,6 +170,14 @@ impl ActivityConfig {
             timeout: self.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
             memory_limit: self.memory_limit.map_or(DEFAULT_MEMORY_LIMIT, |m| m.0),
         }
+    }
+
+    /// Cores the activity's long-running guests may use at once, with its default.
+    pub fn max_cores(&self) -> u32 {
+        self.max_cores.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            u32::try_from(cores.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
+        })
     }
 
     /// The limits on the guest's outbound requests, with their defaults.
@@ -195,6 +209,7 @@ impl ActivityConfig {
         Grants {
             env: self.env.clone().into_iter().collect(),
             read_only_dirs: self.read_only_dirs.clone().into_iter().collect(),
+            cpu: CpuShare::cores(self.max_cores()),
             outbound: Arc::new(OutboundGrant::new(
                 self.allowed_outbound_hosts.clone().into(),
                 self.outbound_limits(),
@@ -289,6 +304,9 @@ impl Config {
             }
             if limits.memory_limit < 1 << 20 {
                 bail!("{at}: key `memory_limit` must be at least 1MiB");
+            }
+            if activity.max_cores == Some(0) {
+                bail!("{at}: key `max_cores` must be at least 1");
             }
             if let Some(HumanDuration(interval)) = activity.heartbeat_interval {
                 if interval < Duration::from_secs(1) {

@@ -1,7 +1,8 @@
 //! What a guest may reach beyond pure computation, granted per activity: environment
-//! variables, read-only directories and outbound HTTP to listed origins. Nothing by default;
-//! sockets are off.
+//! variables, read-only directories, outbound HTTP to listed origins, and its share of the
+//! CPU. Nothing by default (and no CPU bound); sockets are off.
 
+use crate::sandbox::cpu_share::CpuShare;
 use crate::sandbox::outbound::OutboundGrant;
 use crate::sandbox::output_capture::TailCapture;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ pub struct Grants {
     pub read_only_dirs: Vec<(PathBuf, String)>,
     /// Origins the guest may send HTTP requests to, and the limits on them.
     pub outbound: Arc<OutboundGrant>,
+    /// How many of the activity's long-running guests may use a core at once.
+    pub cpu: CpuShare,
 }
 
 impl Grants {

@@ -6,7 +6,8 @@
 //! - [`artefacts`]: compiled components, cached and mapped from files, loaded once;
 //! - [`limits`]: the one table of per-task limits (pool slots, store limiter, memory cap);
 //! - [`capabilities`]: what an activity grants its guest (env, read-only directories,
-//!   outbound HTTP);
+//!   outbound HTTP, its share of the CPU);
+//! - [`cpu_share`]: how many of an activity's long-running guests may use a core at once;
 //! - [`outbound`]: outbound HTTP (`wasi:http`): the allowlist, protected addresses, limits;
 //! - [`store`]: one task's store (WASI context, host state, limiter, deadline);
 //! - [`host_api`]: the functions guests import (`log`, `heartbeat`) and interruption;
@@ -19,6 +20,7 @@ pub mod artefacts;
 pub mod bindings;
 pub mod capabilities;
 pub mod component;
+pub mod cpu_share;
 pub mod engine;
 pub mod host_api;
 pub mod limits;

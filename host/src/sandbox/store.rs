@@ -2,6 +2,7 @@
 //! fresh for every task and dropped when it ends.
 
 use crate::sandbox::capabilities::Grants;
+use crate::sandbox::cpu_share::{CpuShare, HeldTurn};
 use crate::sandbox::host_api::HostState;
 use crate::sandbox::limits::{MemoryLimiter, TaskLimits};
 use crate::sandbox::outbound::{GuardedView, OutboundHooks};
@@ -21,6 +22,8 @@ pub struct TaskState {
     limiter: MemoryLimiter,
     host: HostState,
     deadline: Instant,
+    cpu: CpuShare,
+    turn: HeldTurn,
 }
 
 impl WasiView for TaskState {
@@ -97,8 +100,8 @@ pub struct StoreSetup<'a> {
 }
 
 /// A fresh store for one task: the limiter caps its memory, and at every epoch tick the
-/// guest yields to the runtime, or is interrupted once its deadline has passed or the
-/// worker has interrupted it.
+/// guest yields to the runtime (and waits for one of its activity's CPU turns), or is
+/// interrupted once its deadline has passed or the worker has interrupted it.
 pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store<TaskState>> {
     let state = TaskState {
         wasi: setup.grants.wasi_context(setup.stdout, setup.stderr)?,
@@ -108,6 +111,8 @@ pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store
         limiter: MemoryLimiter::new(setup.limits.memory_limit),
         host: setup.host,
         deadline: setup.deadline,
+        cpu: setup.grants.cpu.clone(),
+        turn: HeldTurn::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -116,6 +121,8 @@ pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store
         let state = context.data();
         if state.host.interrupt().reason().is_some() || Instant::now() >= state.deadline {
             Ok(UpdateDeadline::Interrupt)
+        } else if let Some(next_turn) = state.cpu.next_turn(&state.turn) {
+            Ok(UpdateDeadline::YieldCustom(1, next_turn))
         } else {
             Ok(UpdateDeadline::Yield(1))
         }

@@ -126,6 +126,10 @@ pub struct TaskRecord {
     pub reports: u32,
     /// The access key ids that signed its reports and heartbeats.
     pub signed_by: Vec<String>,
+    /// When it was queued.
+    pub queued_at: Instant,
+    /// When it reached a final state (succeeded, failed or timed out).
+    pub ended_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -173,6 +177,7 @@ impl Inner {
                 *self.running.entry(task.activity_arn.clone()).or_default() -= 1;
             }
             task.state = state;
+            task.ended_at.get_or_insert_with(Instant::now);
         }
     }
 }
@@ -295,6 +300,8 @@ impl FakeSfn {
                 heartbeats: 0,
                 reports: 0,
                 signed_by: Vec::new(),
+                queued_at: Instant::now(),
+                ended_at: None,
             },
         );
         inner

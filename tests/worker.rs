@@ -625,3 +625,50 @@ async fn an_activity_with_a_role_calls_with_the_roles_credentials() {
         .assumed_roles()
         .contains(&(role.to_string(), Some("tenant-b-secret".to_string()))));
 }
+
+/// Step Functions answers that break the API's promises (a body that is not JSON, a task
+/// without a token, unexpected status codes on polls and reports, a task input that is not
+/// JSON) are logged and retried: no panic, every task reported once, and no slot lost (the
+/// worker still runs `max_concurrency` tasks at once afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_break_the_api_lose_no_task_and_no_slot() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("broken-answers");
+    fake.inject(Op::GetActivityTask, Fault::Malformed, 2);
+    fake.inject(Op::GetActivityTask, Fault::MissingToken, 2);
+    fake.inject(Op::GetActivityTask, Fault::Status(418), 1);
+    fake.inject(Op::GetActivityTask, Fault::Status(302), 1);
+    fake.inject(Op::SendTaskSuccess, Fault::Malformed, 1);
+    fake.inject(Op::SendTaskSuccess, Fault::Status(503), 1);
+    fake.inject(Op::SendTaskFailure, Fault::Status(418), 1);
+    let echo = fake.enqueue(&arn, &json!({"behaviour": "echo"}).to_string());
+    let not_json = fake.enqueue(&arn, "this is { not JSON");
+    let mut config = activity(&arn, "adversary");
+    config.max_concurrency = 2;
+    config.pollers = 1;
+    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    assert!(matches!(
+        fake.wait_for_result(&echo, Duration::from_secs(60)).await,
+        TaskState::Succeeded(_)
+    ));
+    match fake
+        .wait_for_result(&not_json, Duration::from_secs(60))
+        .await
+    {
+        TaskState::Failed { error, .. } => assert_eq!(error, "Task.InvalidInput"),
+        other => panic!("expected Task.InvalidInput, got {other:?}"),
+    }
+    // Both slots are still there: two sleeping tasks overlap.
+    let sleepers: Vec<String> = (0..2)
+        .map(|_| fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 600}).to_string()))
+        .collect();
+    for token in &sleepers {
+        fake.wait_for_result(token, WAIT).await;
+    }
+    let stats = worker.stop().await;
+    for token in [&echo, &not_json].into_iter().chain(&sleepers) {
+        assert!(fake.task(token).reports >= 1);
+    }
+    assert_eq!(fake.max_running(&arn), 2, "a slot was lost");
+    assert_eq!(stats.report_errors, 0, "{stats:?}");
+}

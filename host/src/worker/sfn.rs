@@ -51,9 +51,11 @@ pub enum ApiError {
     /// `InvalidToken`: ambiguous (LocalStack's answer to heartbeats without HeartbeatSeconds,
     /// and to finished tasks).
     InvalidToken(String),
-    /// Throttling, worker limit, 5xx, timeouts, network errors: retry with backoff.
+    /// Throttling, worker limit, 5xx, timeouts, network errors, answers without an error
+    /// code that could be read (garbled, unexpected status): retry with backoff.
     Retryable(String),
-    /// Any other rejection (access denied, validation...): retrying will not help soon.
+    /// Any other rejection the service names (access denied, validation...): retrying will
+    /// not help soon.
     Rejected(String),
 }
 
@@ -106,6 +108,9 @@ where
             | "KmsThrottlingException",
         ) => ApiError::Retryable(message),
         _ if status.is_none_or(|status| status >= 500) => ApiError::Retryable(message),
+        // No error code: not an answer of the service that could be understood (a proxy's
+        // page, a garbled body, an unexpected status). Final only once the service says so.
+        None => ApiError::Retryable(message),
         _ => ApiError::Rejected(message),
     }
 }

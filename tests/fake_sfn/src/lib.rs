@@ -62,6 +62,13 @@ pub enum Fault {
     /// For heartbeats and reports: the task's timeout has just passed, as the service would
     /// say: the task becomes `TimedOut` and the call gets `TaskTimedOut`.
     TimeOutTask,
+    /// Answer 200 with a body that is not JSON. A report or heartbeat is handled first (a
+    /// 200 says it landed); a poll hands out no task (its garbled answer is an empty poll's).
+    Malformed,
+    /// Answer with this status code and an empty body, without handling the call.
+    Status(u16),
+    /// For polls: answer 200 with a task that has no `taskToken`, without handing one out.
+    MissingToken,
 }
 
 /// Faults drawn at fixed rates per operation from a seeded generator (SplitMix64), so a
@@ -612,6 +619,25 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
                 state.task_finished.notify_waiters();
             }
             return error(StatusCode::BAD_REQUEST, "TaskTimedOut", "task timed out");
+        }
+        Some(Fault::Malformed) => {
+            if op != Op::GetActivityTask {
+                let _ = answer_call(&state, op, &body, &token).await;
+            }
+            return Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/x-amz-json-1.0")
+                .body(Full::new(Bytes::from_static(b"{\"taskToken\": \"trunc")))
+                .unwrap());
+        }
+        Some(Fault::Status(code)) => {
+            return Ok(Response::builder()
+                .status(StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT))
+                .body(Full::new(Bytes::new()))
+                .unwrap())
+        }
+        Some(Fault::MissingToken) if op == Op::GetActivityTask => {
+            return answer(StatusCode::OK, json!({"input": "{}"}));
         }
         Some(Fault::ResetAfter) => {
             let _ = answer_call(&state, op, &body, &token).await;

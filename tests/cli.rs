@@ -489,3 +489,84 @@ fn a_cache_that_cannot_be_written_is_logged_and_bypassed() {
         stderr(&out)
     );
 }
+
+/// Every kind of bad component (empty, random bytes, truncated, a core module, another
+/// world, 100 MB of garbage behind a component header) is refused by `check`, `invoke` and
+/// `run` alike, with exit code 2 and a message naming the file; `run` refuses before any poll
+/// even when the bad component is the second of two activities.
+#[test]
+fn bad_components_are_refused_by_check_invoke_and_run_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(guest_path("rust-order")).unwrap();
+    let mut pseudo_random = 0x2545_f491_4f6c_dd1d_u64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            pseudo_random ^= pseudo_random << 13;
+            pseudo_random ^= pseudo_random >> 7;
+            pseudo_random ^= pseudo_random << 17;
+            pseudo_random as u8
+        })
+        .collect();
+    let mut huge = good[..8].to_vec();
+    huge.resize(100 << 20, 0xff);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.wasm", Vec::new(), "not a WebAssembly file"),
+        ("random.wasm", random, "not a WebAssembly file"),
+        ("truncated.wasm", good[..good.len() / 2].to_vec(), "not a valid WebAssembly component"),
+        ("core.wasm", wat::parse_str("(module)").unwrap(), "core WebAssembly module"),
+        (
+            "other-world.wasm",
+            wat::parse_str(r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m)) (func (export "run") (canon lift (core func $i "f"))))"#).unwrap(),
+            "does not implement the world",
+        ),
+        ("huge.wasm", huge, "not a valid WebAssembly component"),
+    ];
+    for (name, bytes, reason) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let file = path.to_str().unwrap();
+        for args in [
+            vec!["check", file],
+            vec!["invoke", file, "--input", "{}"],
+            vec![
+                "run",
+                "--activity-arn",
+                "arn:aws:states:us-east-1:000000000000:activity:bad",
+                "--component",
+                file,
+                "--endpoint-url",
+                "http://127.0.0.1:9",
+                "--region",
+                "us-east-1",
+            ],
+        ] {
+            let out = worker(&args, None);
+            // `check` prints its report, verdict included, on stdout.
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+            assert_eq!(out.status.code(), Some(2), "{name}, {}: {said}", args[0]);
+            assert!(
+                said.contains(name) && said.contains(reason),
+                "{name}, {}: {said}",
+                args[0]
+            );
+        }
+        let config = dir.path().join("two.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:9\"\n\n\
+                 [[activity]]\narn = \"arn:aws:states:us-east-1:000000000000:activity:good\"\ncomponent = \"{}\"\n\n\
+                 [[activity]]\narn = \"arn:aws:states:us-east-1:000000000000:activity:bad\"\ncomponent = \"{file}\"\n",
+                guest_path("rust-order").display()
+            ),
+        )
+        .unwrap();
+        let out = worker(&["run", "--config", config.to_str().unwrap()], None);
+        assert_usage_error(&out, "activity:bad");
+        assert!(
+            !stderr(&out).contains("serving activity"),
+            "{name}: started half-loaded: {}",
+            stderr(&out)
+        );
+    }
+}

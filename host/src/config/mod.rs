@@ -544,6 +544,26 @@ mod tests {
         ));
         assert!(err.contains("key `pollers`"), "{err}");
 
+        for (key_and_value, key) in [
+            ("max_concurrency = \"four\"", "max_concurrency"),
+            ("pollers = -1", "pollers"),
+            ("timeout = 30", "timeout"),
+            ("memory_limit = \"-5MiB\"", "memory_limit"),
+            ("env = [\"A=1\"]", "env"),
+            (
+                "allowed_outbound_hosts = \"https://x.example\"",
+                "allowed_outbound_hosts",
+            ),
+        ] {
+            let err = load_error(&format!(
+                "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n{key_and_value}\n"
+            ));
+            assert!(
+                err.contains("worker.toml") && (err.contains(key) || err.contains("invalid size")),
+                "{key_and_value}: {err}"
+            );
+        }
+
         let err = load_error(&format!(
             "[worker]\npool_tasks = 3\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4\n"
         ));

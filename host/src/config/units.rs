@@ -40,10 +40,12 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
 
-/// Units, case-insensitive: decimal `KB`/`MB`/`GB`, binary `KiB`/`MiB`/`GiB` (also `Ki`,
+/// Units, case-insensitive: `B` or `bytes`, decimal `KB`/`MB`/`GB`, binary `KiB`/`MiB`/`GiB` (also `Ki`,
 /// `Mi`, `Gi` as Kubernetes writes them). A bare `K`, `M` or `G` is refused as ambiguous.
-const UNITS: [(&str, u64); 10] = [
+const UNITS: [(&str, u64); 12] = [
     ("b", 1),
+    ("byte", 1),
+    ("bytes", 1),
     ("kb", 1_000),
     ("mb", 1_000_000),
     ("gb", 1_000_000_000),
@@ -141,6 +143,15 @@ mod tests {
         assert!("MiB".parse::<ByteSize>().is_err());
         assert!("99999999999999GiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(128 << 20).to_string(), "128MiB");
+    }
+
+    #[test]
+    fn every_size_reads_back_as_printed() {
+        // Found by the units fuzz target (fuzz/): "1 bytes", as errors print it, was refused.
+        for size in [0, 1, 1_500, 1 << 10, 3 << 20, 5 << 30, u64::MAX] {
+            let printed = ByteSize(size).to_string();
+            assert_eq!(printed.parse::<ByteSize>(), Ok(ByteSize(size)), "{printed}");
+        }
     }
 
     #[test]

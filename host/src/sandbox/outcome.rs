@@ -95,8 +95,15 @@ impl Outcome {
                 ),
             );
         }
-        match serde_json::from_str::<serde::de::IgnoredAny>(&output) {
+        match serde_json::from_str::<CheckedJson>(&output) {
             Ok(_) => Outcome::Succeeded { output },
+            Err(err) if err.to_string().starts_with("number out of range") => Outcome::failed(
+                INVALID_OUTPUT,
+                format!(
+                    "the guest returned a number that no 64-bit float can hold ({err}); Step \
+                     Functions holds JSON numbers as doubles: return such a value as a string"
+                ),
+            ),
             Err(err) => Outcome::failed(
                 INVALID_OUTPUT,
                 format!(
@@ -299,6 +306,65 @@ fn serialize_raw_json<S: serde::Serializer>(
     value.serialize(serializer)
 }
 
+/// Any JSON value, read without being kept, with its numbers converted (unlike
+/// `IgnoredAny`, which only scans them): serde_json then refuses a number no 64-bit float
+/// can hold. Step Functions' JSON processing (JSONPath, JSONata) holds numbers as doubles,
+/// so an output such as `1.9e682` would not survive it as the number the guest meant.
+struct CheckedJson;
+
+impl<'de> serde::Deserialize<'de> for CheckedJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedJsonVisitor)
+    }
+}
+
+struct CheckedJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedJsonVisitor {
+    type Value = CheckedJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<CheckedJson, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<CheckedJson, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<CheckedJson, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<CheckedJson, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<CheckedJson, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_unit<E>(self) -> Result<CheckedJson, E> {
+        Ok(CheckedJson)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<CheckedJson, A::Error> {
+        while seq.next_element::<CheckedJson>()?.is_some() {}
+        Ok(CheckedJson)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<CheckedJson, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, CheckedJson>()?
+            .is_some()
+        {}
+        Ok(CheckedJson)
+    }
+}
+
 /// Cuts `text` to at most `max_chars` characters, on a character boundary, marking the cut.
 pub fn truncate_chars(mut text: String, max_chars: usize) -> String {
     const MARK: &str = "…";
@@ -325,6 +391,23 @@ mod tests {
         assert!(cut.ends_with('…'));
         assert_eq!(truncate_chars("short".into(), 10), "short");
         assert_eq!(truncate_chars("exactly10!".into(), 10), "exactly10!");
+    }
+
+    #[test]
+    fn a_number_no_double_can_hold_is_invalid_output() {
+        // Found by the guest_output fuzz target (fuzz/).
+        for output in ["1.9e682", "[1, {\"a\": -1e400}]"] {
+            match Outcome::from_guest_output(output.to_string()) {
+                Outcome::Failed { error, cause } => {
+                    assert_eq!(error, INVALID_OUTPUT);
+                    assert!(cause.contains("64-bit float"), "{cause}");
+                }
+                other => panic!("{output}: {other:?}"),
+            }
+        }
+        assert!(
+            Outcome::from_guest_output("[1e308, -5, 18446744073709551615]".into()).is_success()
+        );
     }
 
     #[test]

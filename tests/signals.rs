@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use sfn_fake::{FakeSfn, TaskState};
+use sfn_fake::{FakeSfn, SplitMix64, TaskState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,19 +21,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL_HOLD: Duration = Duration::from_millis(200);
 /// Process start-up and exit on a busy 2-core machine, on top of the two above.
 const EXIT_SLACK: Duration = Duration::from_secs(1);
-
-/// SplitMix64, from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % bound
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_50_times_loses_nothing() {
@@ -66,9 +53,9 @@ async fn sigterm_under_load_50_times_loses_nothing() {
         let (fake, arn, tokens, stop) =
             (fake.clone(), arn.clone(), tokens.clone(), stop_load.clone());
         async move {
-            let mut rng = Rng(seed);
+            let mut rng = SplitMix64(seed);
             while !stop.is_cancelled() {
-                let ms = rng.below(1_500);
+                let ms = rng.next_u64() % 1_500;
                 let token =
                     fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": ms}).to_string());
                 tokens.lock().unwrap().push(token);
@@ -77,7 +64,7 @@ async fn sigterm_under_load_50_times_loses_nothing() {
         }
     });
 
-    let mut rng = Rng(seed ^ 0x5167);
+    let mut rng = SplitMix64(seed ^ 0x5167);
     let mut slowest = Duration::ZERO;
     for restart in 0..RESTARTS {
         let mut child = worker_command()
@@ -87,7 +74,7 @@ async fn sigterm_under_load_50_times_loses_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100 + rng.below(900))).await;
+        tokio::time::sleep(Duration::from_millis(100 + rng.next_u64() % 900)).await;
         let signalled = Instant::now();
         let term = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

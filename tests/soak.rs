@@ -18,7 +18,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use sfn_fake::{FakeSfn, Fault, Op, TaskState};
+use sfn_fake::{FakeSfn, Fault, Op, SplitMix64, TaskState};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -48,20 +48,12 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// SplitMix64: the test's own choices (which behaviour each task gets), from the seed.
-struct Rng(u64);
+/// The test's own choices (which behaviour each task gets), from the seed.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
-    }
-
     fn behaviour(&mut self) -> (&'static str, &'static [Option<&'static str>]) {
-        let roll = self.next();
+        let roll = self.0.next_f64();
         let mut below = 0.0;
         for (name, share, expected) in BEHAVIOURS {
             below += share;
@@ -154,7 +146,7 @@ async fn soak_with_injected_faults_loses_nothing() {
     let pid = child.id();
     fake.set_fault_rates(seed, &fault_rates());
 
-    let mut rng = Rng(seed ^ 0x5EED);
+    let mut rng = Rng(SplitMix64(seed ^ 0x5EED));
     let mut expected = Vec::with_capacity(tasks);
     let started = Instant::now();
     for n in 0..tasks {

@@ -137,13 +137,8 @@ impl Worker {
         let mut loaded = Vec::new();
         let mut load_seconds = Vec::new();
         for activity in &config.activities {
-            let loading = std::time::Instant::now();
-            let stamp = FileStamp::of(&activity.component)
-                .with_context(|| format!("activity {}: key `component`", activity.arn))?;
-            let guest = runtime
-                .load(&activity.component)
-                .with_context(|| format!("activity {}: key `component`", activity.arn))?;
-            load_seconds.push(loading.elapsed().as_secs_f64());
+            let (guest, stamp, seconds) = reload::load_stamped(runtime, activity)?;
+            load_seconds.push(seconds);
             loaded.push((guest, stamp));
         }
         let specs = config

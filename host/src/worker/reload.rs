@@ -100,27 +100,37 @@ impl FileStamp {
     }
 }
 
-/// Loads `activity`'s component with `runtime` off the async threads (a large guest takes
-/// seconds to compile), recording the time it took; returns it with its file's stamp.
+/// Loads `activity`'s component with `runtime` and stamps its file; returns both and the
+/// seconds it took. The error names the activity and its `component` key.
+pub(crate) fn load_stamped(
+    runtime: &Runtime,
+    activity: &ActivityConfig,
+) -> Result<(Guest, FileStamp, f64)> {
+    let loading = Instant::now();
+    let path = &activity.component;
+    let (guest, stamp) = FileStamp::of(path)
+        .and_then(|stamp| Ok((runtime.load(path)?, stamp)))
+        .with_context(|| format!("activity {}: key `component`", activity.arn))?;
+    Ok((guest, stamp, loading.elapsed().as_secs_f64()))
+}
+
+/// [`load_stamped`] off the async threads (a large guest takes seconds to compile), with
+/// the time it took recorded.
 pub(crate) async fn load_component(
     runtime: &Arc<Runtime>,
     activity: &ActivityConfig,
     metrics: &Metrics,
 ) -> Result<(Guest, FileStamp)> {
-    let (runtime, path) = (runtime.clone(), activity.component.clone());
-    let loading = Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || -> Result<(Guest, FileStamp)> {
-        let stamp = FileStamp::of(&path)?;
-        Ok((runtime.load(&path)?, stamp))
-    })
-    .await
-    .context("the component loading thread panicked")?
-    .with_context(|| format!("activity {}: key `component`", activity.arn))?;
+    let (runtime, config) = (runtime.clone(), activity.clone());
+    let (guest, stamp, seconds) =
+        tokio::task::spawn_blocking(move || load_stamped(&runtime, &config))
+            .await
+            .context("the component loading thread panicked")??;
     metrics
         .component_load_seconds
         .get_or_create(&activity_label(&activity.arn))
-        .set(loading.elapsed().as_secs_f64());
-    Ok(loaded)
+        .set(seconds);
+    Ok((guest, stamp))
 }
 
 /// The state a reload starts from and produces: the configuration and each activity's spec,

@@ -71,26 +71,36 @@ pub enum Fault {
     MissingToken,
 }
 
-/// Faults drawn at fixed rates per operation from a seeded generator (SplitMix64), so a
-/// failing run can be replayed with its seed.
+/// A small seeded generator (SplitMix64): the fake's fault draws and the tests' own random
+/// choices, so that a failing run replays from its seed.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        self.next_u64() as f64 / (u64::MAX as f64 + 1.0)
+    }
+}
+
+/// Faults drawn at fixed rates per operation from a seeded generator.
 struct FaultRates {
-    state: u64,
+    random: SplitMix64,
     rates: Vec<(Op, Fault, f64)>,
 }
 
 impl FaultRates {
-    /// A number in [0, 1).
-    fn next(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
-    }
-
     /// The fault for this call of `op`, if one is drawn.
     fn draw(&mut self, op: Op) -> Option<Fault> {
-        let roll = self.next();
+        let roll = self.random.next_f64();
         let mut below = 0.0;
         for (fault_op, fault, rate) in &self.rates {
             if *fault_op == op {
@@ -332,7 +342,7 @@ impl FakeSfn {
     /// rates (fractions of its calls, drawn from a generator seeded with `seed`).
     pub fn set_fault_rates(&self, seed: u64, rates: &[(Op, Fault, f64)]) {
         self.state.inner.lock().unwrap().fault_rates = Some(FaultRates {
-            state: seed,
+            random: SplitMix64(seed),
             rates: rates.to_vec(),
         });
     }

@@ -12,7 +12,7 @@ use sfn_wasm_worker::config::{
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::outbound::policy::AllowedOrigin;
-use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, WORLD};
+use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, TaskLimits, WORLD};
 use sfn_wasm_worker::scaffold::{self, Language};
 use sfn_wasm_worker::worker::sfn::{self, ActivityClients};
 use sfn_wasm_worker::worker::{reload, shutdown, ReloadSource, Worker};
@@ -375,6 +375,7 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let limits = activity.limits();
     let runtime = one_task_runtime(global, limits.memory_limit)?;
     let guest = runtime.load(&activity.component)?;
+    guest.check_start_up(&activity.arn, &limits, &activity.grants())?;
     let heartbeat = Arc::new(CountingHeartbeat::default());
     let task = Task {
         input,
@@ -426,6 +427,14 @@ fn one_task_runtime(global: &GlobalArgs, max_memory_bytes: u64) -> Result<Runtim
     })
 }
 
+/// The limits `check` and `compile` try a component's start-up under: an activity's defaults.
+fn default_limits() -> TaskLimits {
+    TaskLimits {
+        timeout: DEFAULT_TIMEOUT,
+        memory_limit: DEFAULT_MEMORY_LIMIT,
+    }
+}
+
 fn read_input(args: &InvokeArgs) -> Result<String> {
     if let Some(input) = &args.input {
         return Ok(input.clone());
@@ -443,7 +452,7 @@ fn read_input(args: &InvokeArgs) -> Result<String> {
 
 fn check(component: PathBuf, global: &GlobalArgs) -> Result<ExitCode> {
     let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
-    let report = runtime.inspect(&component)?;
+    let report = runtime.inspect(&component, &default_limits())?;
     println!("component: {}", component.display());
     println!("world:     {WORLD}");
     println!("imports:");
@@ -480,7 +489,7 @@ fn new_project(language: Language, name: &str, parent: &Path) -> Result<ExitCode
 
 fn compile(component: &Path, output: &Path, global: &GlobalArgs) -> Result<ExitCode> {
     let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
-    let artefact = runtime.precompile(component)?;
+    let artefact = runtime.precompile(component, &default_limits())?;
     std::fs::write(output, &artefact).with_context(|| format!("writing {}", output.display()))?;
     println!(
         "{} → {} ({} bytes): give it as the activity's component; it loads without compiling \

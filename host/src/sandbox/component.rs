@@ -6,7 +6,7 @@ use crate::sandbox::bindings::{Handler, HandlerPre};
 use crate::sandbox::capabilities::Grants;
 use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker, TickDemand};
 use crate::sandbox::limits::TaskLimits;
-use crate::sandbox::outcome::TaskEnd;
+use crate::sandbox::outcome::{Outcome, TaskEnd, INSTANTIATION_FAILED};
 use crate::sandbox::run::{self, HandlerFuture, Task, TaskHandler, TaskStats};
 use crate::sandbox::store::{self, TaskState};
 use anyhow::{Context as _, Result};
@@ -19,6 +19,9 @@ use wasmtime::StoreContextMut;
 
 /// The world every guest must implement, as named in `wit/`.
 pub const WORLD: &str = "sfn:activity/handler@0.1.0";
+
+/// The activity name a start-up check outside any activity runs under (`check`, `compile`).
+const CHECK_ACTIVITY: &str = "sfn-wasm-worker-check";
 
 /// The engine, the linker holding every host function, and the epoch ticker.
 pub struct Runtime {
@@ -114,8 +117,9 @@ impl Runtime {
         self.artefacts.retain(|key| keys.contains(key));
     }
 
-    /// Compiles `path` and reports its imports, exports and whether it can run here.
-    pub fn inspect(&self, path: &Path) -> Result<ComponentReport> {
+    /// Compiles `path` and reports its imports, exports and whether it can run here (its
+    /// start-up tried under `limits`, with no grants).
+    pub fn inspect(&self, path: &Path, limits: &TaskLimits) -> Result<ComponentReport> {
         let (component, _) = self.artefacts.component(path)?;
         let ty = component.component_type();
         let imports = ty
@@ -130,7 +134,9 @@ impl Runtime {
             .exports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
-        let verdict = self.pre_instantiate(path, &component).map(|_| ());
+        let verdict = self
+            .pre_instantiate(path, &component)
+            .and_then(|guest| guest.check_start_up(CHECK_ACTIVITY, limits, &Grants::default()));
         Ok(ComponentReport {
             imports,
             exports,
@@ -145,10 +151,14 @@ impl Runtime {
     }
 
     /// The precompiled artefact of the component at `path`, after checking it against the
-    /// world, for `sfn-wasm-worker compile`.
-    pub fn precompile(&self, path: &Path) -> Result<Vec<u8>> {
+    /// world and trying its start-up under `limits`, for `sfn-wasm-worker compile`.
+    pub fn precompile(&self, path: &Path, limits: &TaskLimits) -> Result<Vec<u8>> {
         let (artefact, component) = self.artefacts.precompile(path)?;
-        self.pre_instantiate(path, &component)?;
+        self.pre_instantiate(path, &component)?.check_start_up(
+            CHECK_ACTIVITY,
+            limits,
+            &Grants::default(),
+        )?;
         Ok(artefact)
     }
 
@@ -193,6 +203,62 @@ impl Guest {
     ) -> (TaskEnd, TaskStats) {
         let _ticking = self.ticks.enter();
         run::run_task(&self.pre, task, limits, grants).await
+    }
+
+    /// Instantiates the component once, as a task would, without calling `handle`: refuses
+    /// a component whose start-up code (a start function) traps, runs past `limits.timeout`
+    /// or allocates past `limits.memory_limit`, since every task would fail the same way.
+    /// Runs on a thread of its own, so it may be called from any context.
+    pub fn check_start_up(
+        &self,
+        activity_arn: &str,
+        limits: &TaskLimits,
+        grants: &Grants,
+    ) -> Result<()> {
+        let _ticking = self.ticks.enter();
+        let instantiated = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map(|runtime| {
+                            runtime.block_on(run::instantiate_once(
+                                &self.pre,
+                                activity_arn.into(),
+                                limits,
+                                grants,
+                            ))
+                        })
+                })
+                .join()
+        });
+        let failed = match instantiated {
+            Err(_) => anyhow::bail!("{}: the load check's thread panicked", self.path.display()),
+            Ok(Err(err)) => {
+                return Err(anyhow::Error::from(err).context("starting the load check's runtime"))
+            }
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(failed))) => failed,
+        };
+        let Outcome::Failed { error, cause } = failed else {
+            unreachable!("instantiation fails or succeeds, it never reports output")
+        };
+        if error == INSTANTIATION_FAILED {
+            // Not the guest's doing (e.g. every sandbox of the pool is running a task).
+            tracing::warn!(component = %self.path.display(), %cause, "could not try the component's start-up");
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{} fails while it is instantiated, before `handle` runs (in its start-up code, \
+             e.g. a start function), so every task would fail with {error}: {cause}\n\
+             fix: correct the component's start-up code (a start function or static \
+             initialiser must not trap, must finish within the activity's timeout of {} and \
+             fit its memory_limit of {} bytes), then rebuild it",
+            self.path.display(),
+            humantime::format_duration(limits.timeout),
+            limits.memory_limit
+        )
     }
 }
 

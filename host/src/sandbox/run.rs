@@ -5,10 +5,10 @@
 use crate::sandbox::bindings::sfn::activity::types::TaskContext;
 use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::capabilities::Grants;
-use crate::sandbox::host_api::{Heartbeat, HostState, Interrupt};
+use crate::sandbox::host_api::{CountingHeartbeat, Heartbeat, HostState, Interrupt};
 use crate::sandbox::limits::{TaskLimits, OUTPUT_TAIL_BYTES};
 use crate::sandbox::outbound::OutboundHooks;
-use crate::sandbox::outcome::{RunFacts, RunStop, TaskEnd};
+use crate::sandbox::outcome::{Outcome, RunFacts, RunStop, TaskEnd};
 use crate::sandbox::output_capture::TailCapture;
 use crate::sandbox::store::{new_store, StoreSetup, TaskState};
 use std::future::Future;
@@ -111,25 +111,7 @@ pub(crate) async fn run_task(
     let stdout = TailCapture::new(OUTPUT_TAIL_BYTES);
     let stderr = TailCapture::new(OUTPUT_TAIL_BYTES);
     let deadline = started + limits.timeout;
-    let setup = StoreSetup {
-        limits,
-        grants,
-        stdout: &stdout,
-        stderr: &stderr,
-        deadline,
-        outbound: OutboundHooks::new(
-            grants.outbound.clone(),
-            task.activity_arn.clone(),
-            task.task_id.clone(),
-            deadline,
-        ),
-        host: HostState::new(
-            task.activity_arn.clone(),
-            task.task_id.clone(),
-            task.heartbeat.clone(),
-            task.interrupt.clone(),
-        ),
-    };
+    let setup = store_setup(&task, limits, grants, (&stdout, &stderr), deadline);
     let mut phases = Phases::default();
     let mut instantiated_at = None;
     let (stop, store) = match new_store(pre.engine(), setup) {
@@ -170,6 +152,81 @@ pub(crate) async fn run_task(
     stats.elapsed = started.elapsed();
     stats.phases = phases;
     (TaskEnd::from_stop(stop, &facts), stats)
+}
+
+/// Instantiates `pre`'s component once in a fresh store under `limits` and `grants`, and
+/// drops it without calling `handle`: how a load finds a component whose start-up code (a
+/// start function) fails, as it would for every task. `Err` holds how a task would end.
+pub(crate) async fn instantiate_once(
+    pre: &HandlerPre<TaskState>,
+    activity_arn: Arc<str>,
+    limits: &TaskLimits,
+    grants: &Grants,
+) -> Result<(), Outcome> {
+    let task = Task {
+        input: String::new(),
+        activity_arn,
+        worker_name: "".into(),
+        task_id: "load-check".into(),
+        heartbeat: Arc::new(CountingHeartbeat::default()),
+        interrupt: Interrupt::default(),
+    };
+    let stdout = TailCapture::new(OUTPUT_TAIL_BYTES);
+    let stderr = TailCapture::new(OUTPUT_TAIL_BYTES);
+    let deadline = Instant::now() + limits.timeout;
+    let setup = store_setup(&task, limits, grants, (&stdout, &stderr), deadline);
+    let (stop, store) = match new_store(pre.engine(), setup) {
+        Ok(mut store) => {
+            let stop = tokio::select! {
+                instantiated = pre.instantiate_async(&mut store) => match instantiated {
+                    Ok(_) => return Ok(()),
+                    Err(err) => RunStop::InstantiationError(err),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => RunStop::DeadlinePassed,
+            };
+            (stop, Some(store))
+        }
+        Err(err) => (RunStop::SetupFailed(err), None),
+    };
+    let facts = RunFacts {
+        limits,
+        refused_memory: store.as_ref().and_then(|s| s.data().limiter().refused()),
+        interrupt: None,
+        stderr_tail: stderr.tail_text(),
+    };
+    match TaskEnd::from_stop(stop, &facts) {
+        TaskEnd::Report(outcome) => Err(outcome),
+        TaskEnd::Abandoned(why) => unreachable!("nothing interrupts a load check: {why}"),
+    }
+}
+
+/// What a store for `task` is made of; the guest's stdout and stderr go to the two captures.
+fn store_setup<'a>(
+    task: &Task,
+    limits: &'a TaskLimits,
+    grants: &'a Grants,
+    (stdout, stderr): (&'a TailCapture, &'a TailCapture),
+    deadline: Instant,
+) -> StoreSetup<'a> {
+    StoreSetup {
+        limits,
+        grants,
+        stdout,
+        stderr,
+        deadline,
+        outbound: OutboundHooks::new(
+            grants.outbound.clone(),
+            task.activity_arn.clone(),
+            task.task_id.clone(),
+            deadline,
+        ),
+        host: HostState::new(
+            task.activity_arn.clone(),
+            task.task_id.clone(),
+            task.heartbeat.clone(),
+            task.interrupt.clone(),
+        ),
+    }
 }
 
 /// Instantiates the component and calls `handle`. The epoch callback stops a guest that

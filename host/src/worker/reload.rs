@@ -100,7 +100,8 @@ impl FileStamp {
     }
 }
 
-/// Loads `activity`'s component with `runtime` and stamps its file; returns both and the
+/// Loads `activity`'s component with `runtime`, tries its start-up under the activity's
+/// limits and grants, and stamps its file; returns both and the
 /// seconds it took. The error names the activity and its `component` key.
 pub(crate) fn load_stamped(
     runtime: &Runtime,
@@ -109,7 +110,11 @@ pub(crate) fn load_stamped(
     let loading = Instant::now();
     let path = &activity.component;
     let (guest, stamp) = FileStamp::of(path)
-        .and_then(|stamp| Ok((runtime.load(path)?, stamp)))
+        .and_then(|stamp| {
+            let guest = runtime.load(path)?;
+            guest.check_start_up(&activity.arn, &activity.limits(), &activity.grants())?;
+            Ok((guest, stamp))
+        })
         .with_context(|| format!("activity {}: key `component`", activity.arn))?;
     Ok((guest, stamp, loading.elapsed().as_secs_f64()))
 }

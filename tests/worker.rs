@@ -487,6 +487,99 @@ async fn tenants_get_their_own_component_and_limits() {
     worker.stop().await;
 }
 
+/// Two tenants in one worker, running the same component side by side: the one whose
+/// activity grants an env var, a directory and an outbound origin sees them; the other sees
+/// none of them, by any path. Neither may open a socket, whatever either activity grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_sees_nothing_another_activity_in_the_process_was_granted() {
+    let fake = FakeSfn::start().await;
+    let granted_arn = fake.create_activity("tenant-granted");
+    let bare_arn = fake.create_activity("tenant-bare");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret.txt");
+    std::fs::write(&secret_file, "secret text").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = accepted.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut granted = activity(&granted_arn, "adversary");
+    granted.env.insert("SECRET".into(), "hunter2".into());
+    granted
+        .read_only_dirs
+        .insert(dir.path().to_path_buf(), "/data".into());
+    granted.allowed_outbound_hosts = vec![format!("http://127.0.0.1:{port}").parse().unwrap()];
+    let mut bare = activity(&bare_arn, "adversary");
+    (granted.max_concurrency, bare.max_concurrency) = (4, 4);
+    let worker = RunningWorker::start(&fake, vec![granted, bare], WAIT).await;
+
+    let host_path = secret_file.to_str().unwrap();
+    let probes = [
+        json!({"behaviour": "escape", "path": "/data/secret.txt"}),
+        json!({"behaviour": "read-file", "path": "/data/secret.txt"}),
+        json!({"behaviour": "read-file", "path": host_path}),
+        json!({"behaviour": "sockets", "port": port}),
+    ];
+    // Interleaved, so the two tenants' tasks share the process, the pool and its slots.
+    let mut sent = Vec::new();
+    for _round in 0..8 {
+        for probe in &probes {
+            for arn in [&granted_arn, &bare_arn] {
+                let token = fake.enqueue(arn, &probe.to_string());
+                sent.push((
+                    arn == &granted_arn,
+                    probe["behaviour"].clone(),
+                    probe["path"].clone(),
+                    token,
+                ));
+            }
+        }
+    }
+    for (is_granted, behaviour, path, token) in sent {
+        let state = fake.wait_for_result(&token, WAIT).await;
+        let what = format!(
+            "{} {behaviour} {path}: {state:?}",
+            if is_granted { "granted" } else { "bare" }
+        );
+        match (behaviour.as_str().unwrap(), is_granted) {
+            ("escape", true) => {
+                let output = output_of(&state);
+                assert_eq!(output["env"], json!([["SECRET", "hunter2"]]), "{what}");
+                assert_eq!(output["file"], json!({"Ok": "secret text"}), "{what}");
+            }
+            ("escape", false) => {
+                let output = output_of(&state);
+                assert_eq!(output["env"], json!([]), "{what}");
+                assert!(output["file"]["Err"].is_string(), "{what}");
+            }
+            ("read-file", true) if path == "/data/secret.txt" => {
+                assert_eq!(output_of(&state), json!({"text": "secret text"}), "{what}")
+            }
+            ("read-file", _) => match &state {
+                TaskState::Failed { error, .. } => assert_eq!(error, "Test.Io", "{what}"),
+                other => panic!("read a file its activity did not grant: {other:?} ({what})"),
+            },
+            ("sockets", _) => {
+                let output = output_of(&state);
+                for use_of_sockets in ["tcp", "udp", "lookup"] {
+                    assert_ne!(output[use_of_sockets], "ok", "{what}");
+                }
+            }
+            (other, _) => unreachable!("{other}"),
+        }
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a guest connected"
+    );
+    worker.stop().await;
+}
+
 /// The worker binary: a first SIGTERM starts the drain (an open poll is awaited, a running
 /// task may finish); a second one stops at once, failing the running task with
 /// Worker.ShuttingDown, without waiting for the open poll (held 60 s here).

@@ -74,6 +74,9 @@ fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
             "env": std::env::vars().collect::<Vec<_>>(),
             "args": std::env::args().collect::<Vec<_>>(),
         })),
+        // Uses wasi:sockets directly: a TCP connection to 127.0.0.1:`port`, a UDP bind to
+        // 127.0.0.1 and a name lookup of `localhost`; reports what each did.
+        "sockets" => Ok(sockets(number("port", 80) as u16)),
         // Reads the granted file at `path` (for grant tests).
         "read-file" => {
             let path = input["path"].as_str().unwrap_or("/data/input.txt");
@@ -110,6 +113,40 @@ fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
         })),
         other => Err(TaskError::new("Test.UnknownBehaviour", other)),
     }
+}
+
+/// What wasi:sockets let the guest do on 127.0.0.1 ("ok" or the error code).
+fn sockets(port: u16) -> Value {
+    use wasip2::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    use wasip2::sockets::{instance_network, ip_name_lookup, tcp_create_socket, udp_create_socket};
+    let network = instance_network::instance_network();
+    let address = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port,
+        address: (127, 0, 0, 1),
+    });
+    let tcp = tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4).and_then(|socket| {
+        socket.start_connect(&network, address)?;
+        socket.subscribe().block();
+        socket.finish_connect().map(|_streams| ())
+    });
+    let udp = udp_create_socket::create_udp_socket(IpAddressFamily::Ipv4).and_then(|socket| {
+        let any_port = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+            port: 0,
+            address: (127, 0, 0, 1),
+        });
+        socket.start_bind(&network, any_port)?;
+        socket.subscribe().block();
+        socket.finish_bind()
+    });
+    let lookup = ip_name_lookup::resolve_addresses(&network, "localhost").and_then(|found| {
+        found.subscribe().block();
+        found.resolve_next_address().map(|_| ())
+    });
+    let said = |result: Result<(), wasip2::sockets::network::ErrorCode>| match result {
+        Ok(()) => "ok".to_string(),
+        Err(code) => code.name().to_string(),
+    };
+    json!({ "tcp": said(tcp), "udp": said(udp), "lookup": said(lookup) })
 }
 
 #[inline(never)]

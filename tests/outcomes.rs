@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use sfn_wasm_worker::sandbox::cpu_share::CpuShare;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::InterruptReason;
 use sfn_wasm_worker::sandbox::outcome::{self, MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
@@ -175,6 +176,41 @@ async fn spinning_guests_do_not_starve_the_runtime() {
     assert!(ticked.is_ok(), "a timer could not fire while guests spun");
     for spinner in spinners {
         expect_failure(&spinner.await.unwrap(), outcome::TIMEOUT);
+    }
+}
+
+/// An activity's CPU share (one core here): a guest that has run past a tick and then
+/// waits in a host call (a sleep) gives its turn back, so its activity's other guests run
+/// meanwhile instead of queuing until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_waiting_in_a_host_call_gives_back_its_cpu_turn() {
+    let grants = Grants {
+        cpu: CpuShare::cores(1),
+        ..Grants::default()
+    };
+    let ended_at = |input: serde_json::Value| {
+        let grants = grants.clone();
+        tokio::spawn(async move {
+            let (task, _) = task(&input.to_string());
+            let (end, _) = guest(ADVERSARY).run(task, &limits(), &grants).await;
+            let TaskEnd::Report(outcome) = end else {
+                panic!("abandoned")
+            };
+            expect_success(&outcome);
+            Instant::now()
+        })
+    };
+    let sleeper = ended_at(json!({"behaviour": "spin", "ms": 50, "then_sleep_ms": 1500}));
+    tokio::time::sleep(Duration::from_millis(200)).await; // it has ticked and sleeps now
+    let spinners: Vec<_> = (0..4)
+        .map(|_| ended_at(json!({"behaviour": "spin", "ms": 60})))
+        .collect();
+    let sleeper_ended = sleeper.await.unwrap();
+    for spinner in spinners {
+        assert!(
+            spinner.await.unwrap() < sleeper_ended,
+            "a spinner waited for the sleeping guest's turn"
+        );
     }
 }
 

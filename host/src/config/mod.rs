@@ -95,9 +95,9 @@ pub struct ActivityConfig {
     pub timeout: Option<HumanDuration>,
     /// Linear-memory cap per task (default 128MiB).
     pub memory_limit: Option<ByteSize>,
-    /// Cores this activity's guests may use at once once they run past 10 ms (default: the
-    /// machine's cores minus one, at least 1): a tenant's spinning guests leave the other
-    /// tenants and the worker's own calls a core.
+    /// Guests of this activity executing at once while one of them has run past 10 ms
+    /// (default: the machine's cores minus one, at least 1): a tenant's spinning guests leave
+    /// the other tenants and the worker's own calls a core.
     pub max_cores: Option<u32>,
     /// Send SendTaskHeartbeat for every in-flight task at this interval (default: off).
     pub heartbeat_interval: Option<HumanDuration>,
@@ -172,7 +172,7 @@ impl ActivityConfig {
         }
     }
 
-    /// Cores the activity's long-running guests may use at once, with its default.
+    /// Guests of the activity that may execute at once under load, with its default.
     pub fn max_cores(&self) -> u32 {
         self.max_cores.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

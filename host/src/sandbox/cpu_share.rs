@@ -1,70 +1,284 @@
-//! An activity's share of the CPU: how many of its guests may be running on a core at once
-//! once they have run for a whole epoch tick (10 ms). A guest that reaches a tick gives up
-//! its turn, yields, and queues (first in, first out) for one of the activity's turns
-//! before it runs on; guests that finish within a tick never queue. So a tenant whose
-//! guests spin can occupy at most `max_cores` of the worker's threads, and the others'
-//! tasks, the polls and the reports keep the rest.
+//! An activity's share of the CPU: how many of its guests may be executing at once, on the
+//! worker's threads, once one of them has run for a whole epoch tick (10 ms).
+//!
+//! A guest gives its turn back whenever it stops executing: at every tick (it yields) and
+//! whenever it waits in a host call (a heartbeat, an outbound request, a sleep). To run on
+//! it waits for one of the activity's `max_cores` turns, first in, first out, except that
+//! guests which have not yet run past a tick go first (so a short task waits at most about
+//! a tick behind its own activity's long ones). While none of the activity's guests has run
+//! past a tick, its guests need no turn at all: tasks that finish within a tick never
+//! queue. So a tenant whose guests spin can occupy at most `max_cores` of the worker's
+//! threads (after its first guests' first tick), and the others' tasks, the polls and the
+//! reports keep the rest.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::task::Poll;
+use tokio::sync::oneshot;
 
 /// The turns of one activity's guests (cheap to clone; shared by its tasks).
 #[derive(Debug, Clone, Default)]
 pub struct CpuShare {
     /// `None`: no bound.
-    turns: Option<Arc<Semaphore>>,
+    turns: Option<Arc<Turns>>,
+    /// How many of the activity's guests, still alive, have run past a tick.
+    past_a_tick: Arc<AtomicUsize>,
 }
 
-/// The turn a running guest holds, shared by its store and the future that takes the next
-/// one. Dropped with the store, which gives the turn back.
-#[derive(Debug, Default)]
-pub(crate) struct HeldTurn(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+/// One guest's place in its activity's share: whether it has run past a tick. Counted in
+/// the activity's guests past a tick from its first tick until it is dropped.
+#[derive(Debug)]
+pub(crate) struct GuestCpu {
+    share: CpuShare,
+    ticked: AtomicBool,
+}
+
+/// An activity's turns: how many are free, and who waits for one.
+#[derive(Debug)]
+struct Turns {
+    queue: Mutex<TurnQueue>,
+}
+
+#[derive(Debug)]
+struct TurnQueue {
+    free: usize,
+    /// Guests that have not run past a tick yet, served first.
+    starting: VecDeque<oneshot::Sender<Turn>>,
+    /// Guests that have run past a tick.
+    running_on: VecDeque<oneshot::Sender<Turn>>,
+}
+
+/// One turn, given back to the activity when dropped.
+#[derive(Debug)]
+struct Turn {
+    turns: Option<Arc<Turns>>,
+}
+
+type TurnFuture = Pin<Box<dyn Future<Output = Turn> + Send>>;
 
 impl CpuShare {
-    /// At most `cores` guests of the activity running past a tick at once.
+    /// At most `cores` guests of the activity executing at once, while one of them has run
+    /// past a tick.
     pub fn cores(cores: u32) -> CpuShare {
         CpuShare {
-            turns: Some(Arc::new(Semaphore::new(cores.max(1) as usize))),
+            turns: Some(Arc::new(Turns {
+                queue: Mutex::new(TurnQueue {
+                    free: cores.max(1) as usize,
+                    starting: VecDeque::new(),
+                    running_on: VecDeque::new(),
+                }),
+            })),
+            past_a_tick: Arc::default(),
+        }
+    }
+}
+
+impl GuestCpu {
+    /// A new guest of the activity whose share is `share`.
+    pub(crate) fn new(share: &CpuShare) -> GuestCpu {
+        GuestCpu {
+            share: share.clone(),
+            ticked: AtomicBool::new(false),
         }
     }
 
-    /// At a tick: gives back `held`'s turn and returns the future that yields and waits for
-    /// the next (`None` when there is no bound: a plain yield will do).
-    pub(crate) fn next_turn(
-        &self,
-        held: &HeldTurn,
-    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
-        let turns = self.turns.clone()?;
-        drop(held.0.lock().unwrap().take());
-        let slot = held.0.clone();
-        Some(Box::pin(async move {
-            tokio::task::yield_now().await;
-            let turn = turns
-                .acquire_owned()
+    /// Called at each epoch tick the guest reaches while executing.
+    pub(crate) fn note_tick(&self) {
+        if self.share.turns.is_some() && !self.ticked.swap(true, Ordering::SeqCst) {
+            self.share.past_a_tick.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Runs `guest` (the future that executes the guest: it returns `Pending` when the guest
+    /// yields at a tick or waits in a host call) within the activity's share: each time it
+    /// is polled while the share is in use, it first waits for a turn; each time it returns
+    /// `Pending`, it gives the turn back.
+    pub(crate) async fn run<F: Future>(&self, guest: F) -> F::Output {
+        let Some(turns) = self.share.turns.clone() else {
+            return guest.await;
+        };
+        let mut guest = std::pin::pin!(guest);
+        let mut turn: Option<Turn> = None;
+        let mut waiting: Option<TurnFuture> = None;
+        std::future::poll_fn(|cx| {
+            if turn.is_none() && self.share.past_a_tick.load(Ordering::SeqCst) > 0 {
+                let starting = !self.ticked.load(Ordering::SeqCst);
+                let next = waiting.get_or_insert_with(|| wait_for_turn(turns.clone(), starting));
+                match next.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(granted) => {
+                        turn = Some(granted);
+                        waiting = None;
+                    }
+                }
+            }
+            let polled = guest.as_mut().poll(cx);
+            if polled.is_pending() {
+                turn = None;
+            }
+            polled
+        })
+        .await
+    }
+}
+
+impl Drop for GuestCpu {
+    fn drop(&mut self) {
+        if *self.ticked.get_mut() {
+            self.share.past_a_tick.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Takes a free turn, or queues for one (with the starting guests if `starting`).
+fn wait_for_turn(turns: Arc<Turns>, starting: bool) -> TurnFuture {
+    Box::pin(async move {
+        let granted = {
+            let mut queue = turns.queue.lock().unwrap();
+            if queue.free > 0 {
+                queue.free -= 1;
+                None
+            } else {
+                let (sender, granted) = oneshot::channel();
+                if starting {
+                    queue.starting.push_back(sender);
+                } else {
+                    queue.running_on.push_back(sender);
+                }
+                Some(granted)
+            }
+        };
+        match granted {
+            None => Turn { turns: Some(turns) },
+            Some(granted) => granted
                 .await
-                .expect("CPU turn semaphores are never closed");
-            *slot.lock().unwrap() = Some(turn);
-        }))
+                .expect("a waiting guest's sender is only dropped after sending"),
+        }
+    })
+}
+
+impl Drop for Turn {
+    /// Hands the turn to the first guest still waiting (starting guests first), or frees it.
+    fn drop(&mut self) {
+        let Some(turns) = self.turns.take() else {
+            return;
+        };
+        loop {
+            let next = {
+                let mut queue = turns.queue.lock().unwrap();
+                match queue
+                    .starting
+                    .pop_front()
+                    .or_else(|| queue.running_on.pop_front())
+                {
+                    Some(next) => next,
+                    None => {
+                        queue.free += 1;
+                        return;
+                    }
+                }
+            };
+            let handed = Turn {
+                turns: Some(turns.clone()),
+            };
+            match next.send(handed) {
+                Ok(()) => return,
+                // That guest stopped waiting (its task ended): disarm the turn, try the next.
+                Err(mut unwanted) => drop(unwanted.turns.take()),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A stand-in for a guest: each `Pending` is a yield at a tick, noted as the epoch
+    /// callback notes it; it counts the polls in which it executed.
+    async fn spin(guest: &GuestCpu, executed: &AtomicUsize, ticks: usize) {
+        let mut left = ticks;
+        std::future::poll_fn(|cx| {
+            executed.fetch_add(1, Ordering::SeqCst);
+            if left == 0 {
+                return Poll::Ready(());
+            }
+            left -= 1;
+            guest.note_tick();
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await
+    }
 
     #[tokio::test]
-    async fn a_guest_waits_for_a_turn_that_another_holds_and_gets_it_back_when_it_is_released() {
+    async fn guests_need_no_turn_until_one_runs_past_a_tick() {
         let share = CpuShare::cores(1);
-        let (first, second) = (HeldTurn::default(), HeldTurn::default());
-        share.next_turn(&first).unwrap().await; // first holds the only turn
-        let mut waiting = tokio::spawn(share.next_turn(&second).unwrap());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "the turn is held");
-        let _queued_again = share.next_turn(&first).unwrap(); // first gives it back at its tick
-        (&mut waiting).await.unwrap();
-        assert!(second.0.lock().unwrap().is_some());
-        assert!(CpuShare::default().next_turn(&first).is_none());
+        let (first, second) = (GuestCpu::new(&share), GuestCpu::new(&share));
+        let executed = AtomicUsize::new(0);
+        // Two guests that finish within a tick run side by side, no turn needed.
+        tokio::join!(
+            first.run(spin(&first, &executed, 0)),
+            second.run(spin(&second, &executed, 0))
+        );
+        assert_eq!(executed.load(Ordering::SeqCst), 2);
+        assert_eq!(share.past_a_tick.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn spinning_guests_take_turns_and_give_every_turn_back() {
+        let share = CpuShare::cores(1);
+        let (first, second) = (GuestCpu::new(&share), GuestCpu::new(&share));
+        let executed = AtomicUsize::new(0);
+        tokio::join!(
+            first.run(spin(&first, &executed, 20)),
+            second.run(spin(&second, &executed, 20))
+        );
+        assert_eq!(executed.load(Ordering::SeqCst), 42);
+        assert_eq!(share.past_a_tick.load(Ordering::SeqCst), 2);
+        drop((first, second));
+        assert_eq!(share.past_a_tick.load(Ordering::SeqCst), 0);
+        assert_eq!(share.turns.unwrap().queue.lock().unwrap().free, 1);
+    }
+
+    #[tokio::test]
+    async fn a_starting_guest_gets_the_next_turn_ahead_of_a_spinning_one() {
+        let turns = CpuShare::cores(1).turns.unwrap();
+        let held = wait_for_turn(turns.clone(), false).await;
+        let mut spinner = tokio::spawn(wait_for_turn(turns.clone(), false));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut newcomer = tokio::spawn(wait_for_turn(turns.clone(), true));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!newcomer.is_finished(), "the turn is held");
+        drop(held);
+        let newcomers_turn = (&mut newcomer).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!spinner.is_finished(), "the newcomer went first");
+        drop(newcomers_turn);
+        drop((&mut spinner).await.unwrap());
+        assert_eq!(turns.queue.lock().unwrap().free, 1);
+    }
+
+    #[tokio::test]
+    async fn a_turn_skips_a_guest_that_stopped_waiting() {
+        let share = CpuShare::cores(1);
+        let turns = share.turns.clone().unwrap();
+        let held = wait_for_turn(turns.clone(), false).await;
+        let abandoned = tokio::spawn(wait_for_turn(turns.clone(), false));
+        let waiting = tokio::spawn(wait_for_turn(turns.clone(), false));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        abandoned.abort(); // its task ended while it waited
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        let handed = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the turn went to the guest still waiting")
+            .unwrap();
+        drop(handed);
+        assert_eq!(turns.queue.lock().unwrap().free, 1);
     }
 }

@@ -229,8 +229,9 @@ fn store_setup<'a>(
     }
 }
 
-/// Instantiates the component and calls `handle`. The epoch callback stops a guest that
-/// computes; the race here stops one blocked in a host call.
+/// Instantiates the component and calls `handle`, within the activity's CPU share. The
+/// epoch callback stops a guest that computes; the race here stops one blocked in a host
+/// call (or waiting for a CPU turn).
 async fn call_guest(
     pre: &HandlerPre<TaskState>,
     store: &mut Store<TaskState>,
@@ -245,6 +246,7 @@ async fn call_guest(
         deadline_ms: limits.timeout.as_millis() as u64,
     };
     let deadline = store.data().deadline();
+    let cpu = store.data().cpu();
     let call = async {
         let handler = match pre.instantiate_async(&mut *store).await {
             Ok(handler) => handler,
@@ -260,7 +262,7 @@ async fn call_guest(
         }
     };
     tokio::select! {
-        stop = call => stop,
+        stop = cpu.run(call) => stop,
         _ = tokio::time::sleep_until(deadline.into()) => RunStop::DeadlinePassed,
         reason = task.interrupt.triggered() => RunStop::Interrupted(reason),
     }

@@ -2,11 +2,12 @@
 //! fresh for every task and dropped when it ends.
 
 use crate::sandbox::capabilities::Grants;
-use crate::sandbox::cpu_share::{CpuShare, HeldTurn};
+use crate::sandbox::cpu_share::GuestCpu;
 use crate::sandbox::host_api::HostState;
 use crate::sandbox::limits::{MemoryLimiter, TaskLimits};
 use crate::sandbox::outbound::{GuardedView, OutboundHooks};
 use crate::sandbox::output_capture::TailCapture;
+use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -22,8 +23,7 @@ pub struct TaskState {
     limiter: MemoryLimiter,
     host: HostState,
     deadline: Instant,
-    cpu: CpuShare,
-    turn: HeldTurn,
+    cpu: Arc<GuestCpu>,
 }
 
 impl WasiView for TaskState {
@@ -70,6 +70,11 @@ impl TaskState {
         self.deadline
     }
 
+    /// The guest's place in its activity's CPU share (see [`crate::sandbox::cpu_share`]).
+    pub(crate) fn cpu(&self) -> Arc<GuestCpu> {
+        self.cpu.clone()
+    }
+
     /// The task's memory accounting.
     pub fn limiter(&self) -> &MemoryLimiter {
         &self.limiter
@@ -100,8 +105,8 @@ pub struct StoreSetup<'a> {
 }
 
 /// A fresh store for one task: the limiter caps its memory, and at every epoch tick the
-/// guest yields to the runtime (and waits for one of its activity's CPU turns), or is
-/// interrupted once its deadline has passed or the worker has interrupted it.
+/// guest yields to the runtime (giving back its CPU turn, see [`crate::sandbox::cpu_share`]),
+/// or is interrupted once its deadline has passed or the worker has interrupted it.
 pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store<TaskState>> {
     let state = TaskState {
         wasi: setup.grants.wasi_context(setup.stdout, setup.stderr)?,
@@ -111,8 +116,7 @@ pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store
         limiter: MemoryLimiter::new(setup.limits.memory_limit),
         host: setup.host,
         deadline: setup.deadline,
-        cpu: setup.grants.cpu.clone(),
-        turn: HeldTurn::default(),
+        cpu: Arc::new(GuestCpu::new(&setup.grants.cpu)),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -121,10 +125,14 @@ pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store
         let state = context.data();
         if state.host.interrupt().reason().is_some() || Instant::now() >= state.deadline {
             Ok(UpdateDeadline::Interrupt)
-        } else if let Some(next_turn) = state.cpu.next_turn(&state.turn) {
-            Ok(UpdateDeadline::YieldCustom(1, next_turn))
         } else {
-            Ok(UpdateDeadline::Yield(1))
+            state.cpu.note_tick();
+            // tokio's yield (not wasmtime's plain one, which wakes the task at once into the
+            // thread's next slot): the other tasks and the I/O driver run first.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         }
     });
     Ok(store)

@@ -25,12 +25,13 @@ fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
                 counter = std::hint::black_box(counter.wrapping_add(1));
             }
         }
-        // Busy-waits for `ms` milliseconds, then echoes.
+        // Busy-waits for `ms` milliseconds, sleeps `then_sleep_ms` (default 0), then echoes.
         "spin" => {
             let until = Instant::now() + Duration::from_millis(number("ms", 100));
             while Instant::now() < until {
                 std::hint::spin_loop();
             }
+            std::thread::sleep(Duration::from_millis(number("then_sleep_ms", 0)));
             Ok(input)
         }
         // Sleeps (a WASI poll, the host stays free) for `ms` milliseconds, then echoes.

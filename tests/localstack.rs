@@ -11,15 +11,17 @@
 mod common;
 
 use aws_sdk_sfn::types::ExecutionStatus;
-use common::localstack::{wait_for_execution, LocalStack, WorkerProcess};
+use common::localstack::{
+    create_activity, create_state_machine, unique, wait_for_execution, LocalStack, WorkerProcess,
+};
 use common::*;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const PORT: &str = "4599";
 
-fn state_machine(activity_arn: &str) -> String {
+fn state_machine(activity_arn: &str) -> Value {
     json!({
         "Comment": "sfn-wasm-worker end-to-end test",
         "StartAt": "Handle",
@@ -39,7 +41,6 @@ fn state_machine(activity_arn: &str) -> String {
             "Quarantined": {"Type": "Pass", "End": true}
         }
     })
-    .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,41 +61,20 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     let sdk = sfn_fake::local_sdk_config(&endpoint).await;
     let client = aws_sdk_sfn::Client::new(&sdk);
 
-    let run_id = format!(
-        "{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let worker_name = unique("e2e");
     let mut activities = Vec::new();
     let mut machines = Vec::new();
     for (guest, path) in names.iter().zip(&guests) {
-        let name = format!("e2e-{guest}-{run_id}");
-        let activity = client
-            .create_activity()
-            .name(&name)
-            .send()
-            .await
-            .unwrap()
-            .activity_arn;
-        let machine = client
-            .create_state_machine()
-            .name(&name)
-            .definition(state_machine(&activity))
-            .role_arn("arn:aws:iam::000000000000:role/sfn-wasm-worker-e2e")
-            .send()
-            .await
-            .unwrap()
-            .state_machine_arn;
+        let name = format!("e2e-{guest}");
+        let activity = create_activity(&client, &name).await;
+        let machine = create_state_machine(&client, &name, &state_machine(&activity)).await;
         activities.push((activity, path.clone()));
         machines.push(machine);
     }
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = format!(
-        "[worker]\nname = \"e2e-{run_id}\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\ndrain_timeout = \"20s\"\n"
+        "[worker]\nname = \"{worker_name}\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\ndrain_timeout = \"20s\"\n"
     );
     for (arn, path) in &activities {
         config += &format!(

@@ -9,21 +9,27 @@
 mod common;
 
 use aws_sdk_sfn::types::ExecutionStatus;
-use common::localstack::{wait_for_execution, LocalStack, WorkerProcess};
+use common::localstack::{
+    create_activity, create_state_machine, wait_for_execution, LocalStack, WorkerProcess,
+};
 use common::*;
 use serde_json::json;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const PORT: &str = "4598";
 /// The worker's `heartbeat_interval`.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
-fn machine(activity: &str, timeout_seconds: u32, heartbeat_seconds: Option<u32>) -> String {
+fn machine(
+    activity: &str,
+    timeout_seconds: u32,
+    heartbeat_seconds: Option<u32>,
+) -> serde_json::Value {
     let mut task = json!({"Type": "Task", "Resource": activity, "TimeoutSeconds": timeout_seconds, "End": true});
     if let Some(seconds) = heartbeat_seconds {
         task["HeartbeatSeconds"] = json!(seconds);
     }
-    json!({"StartAt": "Work", "States": {"Work": task}}).to_string()
+    json!({"StartAt": "Work", "States": {"Work": task}})
 }
 
 /// How many tasks the worker has logged as abandoned so far.
@@ -74,37 +80,12 @@ async fn a_closed_task_frees_the_only_slot_within_a_heartbeat_interval() {
     let _localstack = LocalStack::start(PORT);
     let endpoint = format!("http://127.0.0.1:{PORT}");
     let client = aws_sdk_sfn::Client::new(&sfn_fake::local_sdk_config(&endpoint).await);
-    let run_id = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let activity = client
-        .create_activity()
-        .name(format!("closed-{run_id}"))
-        .send()
-        .await
-        .unwrap()
-        .activity_arn;
-    let create = |name: &str, definition: String| {
-        client
-            .create_state_machine()
-            .name(format!("{name}-{run_id}"))
-            .definition(definition)
-            .role_arn("arn:aws:iam::000000000000:role/sfn-wasm-worker-e2e")
-            .send()
-    };
-    let timing_out = create("times-out", machine(&activity, 4, Some(3)))
-        .await
-        .unwrap()
-        .state_machine_arn;
-    let stoppable = create("stoppable", machine(&activity, 60, Some(10)))
-        .await
-        .unwrap()
-        .state_machine_arn;
-    let queued = create("queued", machine(&activity, 60, None))
-        .await
-        .unwrap()
-        .state_machine_arn;
+    let activity = create_activity(&client, "closed").await;
+    let timing_out =
+        create_state_machine(&client, "times-out", &machine(&activity, 4, Some(3))).await;
+    let stoppable =
+        create_state_machine(&client, "stoppable", &machine(&activity, 60, Some(10))).await;
+    let queued = create_state_machine(&client, "queued", &machine(&activity, 60, None)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("worker.log");

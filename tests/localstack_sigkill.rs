@@ -7,10 +7,12 @@
 mod common;
 
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEventType};
-use common::localstack::{wait_for_execution, LocalStack, WorkerProcess};
+use common::localstack::{
+    create_activity, create_state_machine, wait_for_execution, LocalStack, WorkerProcess,
+};
 use common::*;
 use serde_json::json;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const PORT: &str = "4597";
 const HEARTBEAT_SECONDS: u64 = 3;
@@ -34,31 +36,13 @@ async fn a_sigkilled_workers_task_is_retried_after_its_heartbeat_timeout() {
     let _localstack = LocalStack::start(PORT);
     let endpoint = format!("http://127.0.0.1:{PORT}");
     let client = aws_sdk_sfn::Client::new(&sfn_fake::local_sdk_config(&endpoint).await);
-    let run_id = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let activity = client
-        .create_activity()
-        .name(format!("sigkill-{run_id}"))
-        .send()
-        .await
-        .unwrap()
-        .activity_arn;
+    let activity = create_activity(&client, "sigkill").await;
     let definition = json!({"StartAt": "Work", "States": {"Work": {
         "Type": "Task", "Resource": activity, "End": true,
         "TimeoutSeconds": TIMEOUT_SECONDS, "HeartbeatSeconds": HEARTBEAT_SECONDS,
         "Retry": [{"ErrorEquals": ["States.Timeout", "States.HeartbeatTimeout"],
                    "IntervalSeconds": 1, "MaxAttempts": 2, "BackoffRate": 1.0}]}}});
-    let machine = client
-        .create_state_machine()
-        .name(format!("sigkill-{run_id}"))
-        .definition(definition.to_string())
-        .role_arn("arn:aws:iam::000000000000:role/sfn-wasm-worker-e2e")
-        .send()
-        .await
-        .unwrap()
-        .state_machine_arn;
+    let machine = create_state_machine(&client, "sigkill", &definition).await;
 
     let dir = tempfile::tempdir().unwrap();
     let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));

@@ -5,6 +5,7 @@ use crate::memory::rss_bytes;
 use crate::report::{mib, Table};
 use crate::startup::worker_binary;
 use crate::throughput::boto3_python;
+use crate::timed::other_process_cpu_time;
 use crate::{guest_path, repo_root};
 use anyhow::{bail, Context as _, Result};
 use sfn_fake::FakeSfn;
@@ -101,26 +102,11 @@ async fn measure_idle(
         waited += Duration::from_millis(50);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = process_cpu_nanos(pid)?;
+    let before = other_process_cpu_time(pid)?;
     tokio::time::sleep(window).await;
-    let after = process_cpu_nanos(pid)?;
+    let after = other_process_cpu_time(pid)?;
     let rss = rss_bytes(Some(pid));
     child.kill().await?;
-    let per_second = (after - before) as f64 / 1e6 / window.as_secs_f64();
+    let per_second = (after - before).as_secs_f64() * 1e3 / window.as_secs_f64();
     Ok((per_second, rss))
-}
-
-/// CPU time of every thread of `pid` so far, in nanoseconds (`/proc/PID/task/*/schedstat`,
-/// nanosecond resolution, unlike the 10 ms ticks of `/proc/PID/stat`).
-fn process_cpu_nanos(pid: u32) -> Result<u64> {
-    let mut total = 0;
-    for thread in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let schedstat = std::fs::read_to_string(thread?.path().join("schedstat"))?;
-        total += schedstat
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse::<u64>().ok())
-            .context("parsing schedstat")?;
-    }
-    Ok(total)
 }

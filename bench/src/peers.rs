@@ -11,6 +11,7 @@
 use crate::memory::rss_bytes;
 use crate::report::{humantime_ms, mib, Table};
 use crate::startup::worker_binary;
+use crate::timed::other_process_cpu_time;
 use crate::{guest_path, repo_root, CONCURRENCIES, ORDER};
 use anyhow::{bail, Context as _, Result};
 use sfn_fake::{FakeSfn, Op, TaskState};
@@ -223,7 +224,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // every poller started
-    let (started, cpu_before) = (Instant::now(), process_cpu(pid)?);
+    let (started, cpu_before) = (Instant::now(), other_process_cpu_time(pid)?);
     let tokens: Vec<String> = (0..tasks).map(|_| fake.enqueue(&arn, ORDER)).collect();
     let limit = Duration::from_secs(600);
     if tokio::time::timeout(limit, fake.wait_finished(tasks))
@@ -233,7 +234,7 @@ async fn run(
         bail!("{} of {tasks} tasks in {limit:?}", fake.finished());
     }
     let elapsed = started.elapsed();
-    let cpu = process_cpu(pid)? - cpu_before;
+    let cpu = other_process_cpu_time(pid)? - cpu_before;
     let rss = rss_bytes(Some(pid));
     child.kill().await?;
     if let Some(token) = tokens
@@ -247,23 +248,4 @@ async fn run(
         cpu_per_task: cpu / tasks as u32,
         rss,
     })
-}
-
-/// The CPU time `pid` (every thread) has used so far, from its CPU clock.
-fn process_cpu(pid: u32) -> Result<Duration> {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: `clock` is a valid, writable clockid_t.
-    let status = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
-    if status != 0 {
-        bail!("clock_getcpuclockid({pid}) failed: {status}");
-    }
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; `clock` was just given by the kernel.
-    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
-        bail!("clock_gettime of pid {pid} failed");
-    }
-    Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }

@@ -64,3 +64,23 @@ pub fn process_cpu_time() -> Duration {
     assert_eq!(status, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
+
+/// CPU time (user + system, every thread, including exited ones) process `pid` has used
+/// so far, from its CPU clock.
+pub fn other_process_cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid, writable clockid_t.
+    let status = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if status != 0 {
+        anyhow::bail!("clock_getcpuclockid({pid}) failed: {status}");
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; `clock` was just given by the kernel.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        anyhow::bail!("clock_gettime of pid {pid} failed");
+    }
+    Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+}

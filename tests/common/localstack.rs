@@ -1,10 +1,11 @@
 //! LocalStack for the end-to-end tests: started (and stopped) through tests/localstack.sh on
-//! a port of the test's choosing, and helpers to wait on its executions.
+//! a port of the test's choosing, and helpers to create activities and state machines and
+//! to wait on their executions.
 
 use super::repo_root;
 use aws_sdk_sfn::types::ExecutionStatus;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Stops the LocalStack this test started, if it started one.
 pub struct LocalStack {
@@ -72,4 +73,41 @@ pub async fn wait_for_execution(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `name` made unique to this run (LocalStack keeps what earlier runs created while it runs).
+pub fn unique(name: &str) -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!("{name}-{}-{millis}", std::process::id())
+}
+
+/// Creates an activity named `name` (made unique) and returns its ARN.
+pub async fn create_activity(client: &aws_sdk_sfn::Client, name: &str) -> String {
+    client
+        .create_activity()
+        .name(unique(name))
+        .send()
+        .await
+        .unwrap()
+        .activity_arn
+}
+
+/// Creates a state machine named `name` (made unique) from `definition` and returns its ARN.
+pub async fn create_state_machine(
+    client: &aws_sdk_sfn::Client,
+    name: &str,
+    definition: &serde_json::Value,
+) -> String {
+    client
+        .create_state_machine()
+        .name(unique(name))
+        .definition(definition.to_string())
+        .role_arn("arn:aws:iam::000000000000:role/sfn-wasm-worker-e2e")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn
 }

@@ -22,6 +22,9 @@ use units::{ByteSize, HumanDuration};
 
 /// The most long polls AWS allows open per activity ARN.
 pub const MAX_POLLERS_PER_ACTIVITY: u32 = 1_000;
+/// The most tasks one worker process may hold in flight (its engine's pool is sized for
+/// them): BENCHMARKS.md measures 10 000; past this, run more processes.
+pub const MAX_TASKS_IN_FLIGHT: u32 = 100_000;
 /// Default tasks of one activity that may run at once.
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
 /// Default long polls kept open per activity.
@@ -256,6 +259,23 @@ impl Config {
                 bail!("[worker] drain_timeout must be more than 0s");
             }
         }
+        if self.pool_tasks() > MAX_TASKS_IN_FLIGHT {
+            let what = match self.worker.pool_tasks {
+                Some(pool_tasks) => format!("[worker] pool_tasks is {pool_tasks}"),
+                None => format!(
+                    "the activities' max_concurrency adds up to {}",
+                    self.activities
+                        .iter()
+                        .map(|a| u64::from(a.max_concurrency))
+                        .sum::<u64>()
+                ),
+            };
+            bail!(
+                "{what}, more than the {MAX_TASKS_IN_FLIGHT} tasks one worker process may hold \
+                 in flight (its sandbox pool is reserved for all of them up front): lower it and \
+                 run more worker processes; Step Functions spreads the tasks across them"
+            );
+        }
         if self.total_concurrency() > self.pool_tasks() {
             bail!(
                 "[worker] pool_tasks is {} but the activities' max_concurrency adds up to {}: \
@@ -278,6 +298,12 @@ impl Config {
             validate_arn(&activity.arn).with_context(|| format!("{at}: key `arn`"))?;
             if !seen.insert(activity.arn.as_str()) {
                 bail!("{at}: key `arn`: this activity is listed twice; merge the two tables");
+            }
+            if activity.component.is_dir() {
+                bail!(
+                    "{at}: key `component`: {} is a directory; give the component's .wasm file",
+                    activity.component.display()
+                );
             }
             if !activity.component.is_file() {
                 bail!(
@@ -357,9 +383,11 @@ impl Config {
         Ok(())
     }
 
-    /// Tasks that may run at once across every activity.
+    /// Tasks that may run at once across every activity (at most `u32::MAX`).
     pub fn total_concurrency(&self) -> u32 {
-        self.activities.iter().map(|a| a.max_concurrency).sum()
+        self.activities
+            .iter()
+            .fold(0, |total: u32, a| total.saturating_add(a.max_concurrency))
     }
 
     /// The largest per-task memory cap.
@@ -571,6 +599,38 @@ mod tests {
             err.contains("pool_tasks is 3") && err.contains("adds up to 4"),
             "{err}"
         );
+
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \".\"\n"
+        ));
+        assert!(
+            err.contains("key `component`") && err.contains("is a directory"),
+            "{err}"
+        );
+
+        for (config, said) in [
+            (
+                format!("[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4000000000\npollers = 1\n"),
+                "max_concurrency adds up to 4000000000",
+            ),
+            (
+                format!(
+                    "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4294967295\n\
+                     [[activity]]\narn = \"{arn}2\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4294967295\n"
+                ),
+                "adds up to 8589934590",
+            ),
+            (
+                format!("[worker]\npool_tasks = 200000\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"),
+                "pool_tasks is 200000",
+            ),
+        ] {
+            let err = load_error(&config);
+            assert!(
+                err.contains(said) && err.contains("100000 tasks") && err.contains("more worker processes"),
+                "{err}"
+            );
+        }
 
         let err = load_error(&format!(
             "[worker]\npool_memory_limit = \"64MiB\"\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"

@@ -1,20 +1,22 @@
 //! An activity's share of the CPU: how many of its guests may be executing at once, on the
-//! worker's threads, once one of them has run for a whole epoch tick (10 ms).
+//! worker's threads, once one of them is long-running: it has executed through a whole
+//! epoch tick interval (it has seen two 10 ms ticks; a short guest may see one, as the
+//! ticks do not wait for it).
 //!
 //! A guest gives its turn back whenever it stops executing: at every tick (it yields) and
 //! whenever it waits in a host call (a heartbeat, an outbound request, a sleep). To run on
 //! it waits for one of the activity's `max_cores` turns, first in, first out, except that
-//! guests which have not yet run past a tick go first (so a short task waits at most about
-//! a tick behind its own activity's long ones). While none of the activity's guests has run
-//! past a tick, its guests need no turn at all: tasks that finish within a tick never
-//! queue. So a tenant whose guests spin can occupy at most `max_cores` of the worker's
-//! threads (after its first guests' first tick), and the others' tasks, the polls and the
-//! reports keep the rest.
+//! guests which are not long-running go first (so a short task waits about a tick at most
+//! behind its own activity's long ones). While none of the activity's guests is
+//! long-running, its guests need no turn at all: tasks shorter than a tick never queue. So
+//! a tenant whose guests spin can occupy at most `max_cores` of the worker's threads (after
+//! its first guests' first 10–20 ms), and the others' tasks, the polls and the reports keep
+//! the rest.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use tokio::sync::oneshot;
@@ -24,17 +26,20 @@ use tokio::sync::oneshot;
 pub struct CpuShare {
     /// `None`: no bound.
     turns: Option<Arc<Turns>>,
-    /// How many of the activity's guests, still alive, have run past a tick.
-    past_a_tick: Arc<AtomicUsize>,
+    /// How many of the activity's guests, still alive, are long-running.
+    long_running: Arc<AtomicUsize>,
 }
 
-/// One guest's place in its activity's share: whether it has run past a tick. Counted in
-/// the activity's guests past a tick from its first tick until it is dropped.
+/// One guest's place in its activity's share: the ticks it has seen while executing.
+/// Counted in the activity's long-running guests from its second tick until it is dropped.
 #[derive(Debug)]
 pub(crate) struct GuestCpu {
     share: CpuShare,
-    ticked: AtomicBool,
+    ticks: AtomicU32,
 }
+
+/// The tick at which a guest has surely executed for a whole tick interval.
+const LONG_RUNNING_AT_TICK: u32 = 2;
 
 /// An activity's turns: how many are free, and who waits for one.
 #[derive(Debug)]
@@ -45,9 +50,9 @@ struct Turns {
 #[derive(Debug)]
 struct TurnQueue {
     free: usize,
-    /// Guests that have not run past a tick yet, served first.
+    /// Guests that are not long-running, served first.
     starting: VecDeque<oneshot::Sender<Turn>>,
-    /// Guests that have run past a tick.
+    /// Long-running guests.
     running_on: VecDeque<oneshot::Sender<Turn>>,
 }
 
@@ -60,8 +65,8 @@ struct Turn {
 type TurnFuture = Pin<Box<dyn Future<Output = Turn> + Send>>;
 
 impl CpuShare {
-    /// At most `cores` guests of the activity executing at once, while one of them has run
-    /// past a tick.
+    /// At most `cores` guests of the activity executing at once, while one of them is
+    /// long-running.
     pub fn cores(cores: u32) -> CpuShare {
         CpuShare {
             turns: Some(Arc::new(Turns {
@@ -71,7 +76,7 @@ impl CpuShare {
                     running_on: VecDeque::new(),
                 }),
             })),
-            past_a_tick: Arc::default(),
+            long_running: Arc::default(),
         }
     }
 }
@@ -81,15 +86,21 @@ impl GuestCpu {
     pub(crate) fn new(share: &CpuShare) -> GuestCpu {
         GuestCpu {
             share: share.clone(),
-            ticked: AtomicBool::new(false),
+            ticks: AtomicU32::new(0),
         }
     }
 
     /// Called at each epoch tick the guest reaches while executing.
     pub(crate) fn note_tick(&self) {
-        if self.share.turns.is_some() && !self.ticked.swap(true, Ordering::SeqCst) {
-            self.share.past_a_tick.fetch_add(1, Ordering::SeqCst);
+        if self.share.turns.is_some()
+            && self.ticks.fetch_add(1, Ordering::SeqCst) + 1 == LONG_RUNNING_AT_TICK
+        {
+            self.share.long_running.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    fn is_long_running(&self) -> bool {
+        self.ticks.load(Ordering::SeqCst) >= LONG_RUNNING_AT_TICK
     }
 
     /// Runs `guest` (the future that executes the guest: it returns `Pending` when the guest
@@ -104,8 +115,8 @@ impl GuestCpu {
         let mut turn: Option<Turn> = None;
         let mut waiting: Option<TurnFuture> = None;
         std::future::poll_fn(|cx| {
-            if turn.is_none() && self.share.past_a_tick.load(Ordering::SeqCst) > 0 {
-                let starting = !self.ticked.load(Ordering::SeqCst);
+            if turn.is_none() && self.share.long_running.load(Ordering::SeqCst) > 0 {
+                let starting = !self.is_long_running();
                 let next = waiting.get_or_insert_with(|| wait_for_turn(turns.clone(), starting));
                 match next.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -127,8 +138,8 @@ impl GuestCpu {
 
 impl Drop for GuestCpu {
     fn drop(&mut self) {
-        if *self.ticked.get_mut() {
-            self.share.past_a_tick.fetch_sub(1, Ordering::SeqCst);
+        if self.is_long_running() {
+            self.share.long_running.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -216,17 +227,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn guests_need_no_turn_until_one_runs_past_a_tick() {
+    async fn short_guests_need_no_turn_even_when_a_tick_falls_in_their_run() {
         let share = CpuShare::cores(1);
         let (first, second) = (GuestCpu::new(&share), GuestCpu::new(&share));
         let executed = AtomicUsize::new(0);
-        // Two guests that finish within a tick run side by side, no turn needed.
         tokio::join!(
             first.run(spin(&first, &executed, 0)),
-            second.run(spin(&second, &executed, 0))
+            second.run(spin(&second, &executed, 1))
         );
-        assert_eq!(executed.load(Ordering::SeqCst), 2);
-        assert_eq!(share.past_a_tick.load(Ordering::SeqCst), 0);
+        assert_eq!(executed.load(Ordering::SeqCst), 3);
+        assert_eq!(share.long_running.load(Ordering::SeqCst), 0);
+        let queue = share.turns.as_ref().unwrap().queue.lock().unwrap();
+        assert_eq!(queue.free, 1, "no turn was taken");
     }
 
     #[tokio::test]
@@ -239,9 +251,9 @@ mod tests {
             second.run(spin(&second, &executed, 20))
         );
         assert_eq!(executed.load(Ordering::SeqCst), 42);
-        assert_eq!(share.past_a_tick.load(Ordering::SeqCst), 2);
+        assert_eq!(share.long_running.load(Ordering::SeqCst), 2);
         drop((first, second));
-        assert_eq!(share.past_a_tick.load(Ordering::SeqCst), 0);
+        assert_eq!(share.long_running.load(Ordering::SeqCst), 0);
         assert_eq!(share.turns.unwrap().queue.lock().unwrap().free, 1);
     }
 

@@ -134,9 +134,7 @@ impl Runtime {
             .exports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
-        let verdict = self
-            .pre_instantiate(path, &component)
-            .and_then(|guest| guest.check_start_up(CHECK_ACTIVITY, limits, &Grants::default()));
+        let verdict = self.pre_instantiate_and_start(path, &component, limits);
         Ok(ComponentReport {
             imports,
             exports,
@@ -154,12 +152,23 @@ impl Runtime {
     /// world and trying its start-up under `limits`, for `sfn-wasm-worker compile`.
     pub fn precompile(&self, path: &Path, limits: &TaskLimits) -> Result<Vec<u8>> {
         let (artefact, component) = self.artefacts.precompile(path)?;
-        self.pre_instantiate(path, &component)?.check_start_up(
+        self.pre_instantiate_and_start(path, &component, limits)?;
+        Ok(artefact)
+    }
+
+    /// [`Runtime::pre_instantiate`], then the start-up tried under `limits` with no grants,
+    /// for the commands that load a component outside any activity (`check`, `compile`).
+    fn pre_instantiate_and_start(
+        &self,
+        path: &Path,
+        component: &Component,
+        limits: &TaskLimits,
+    ) -> Result<()> {
+        self.pre_instantiate(path, component)?.check_start_up(
             CHECK_ACTIVITY,
             limits,
             &Grants::default(),
-        )?;
-        Ok(artefact)
+        )
     }
 
     fn pre_instantiate(&self, path: &Path, component: &Component) -> Result<Guest> {

@@ -26,8 +26,6 @@ use tokio::sync::oneshot;
 pub struct CpuShare {
     /// `None`: no bound.
     turns: Option<Arc<Turns>>,
-    /// How many of the activity's guests, still alive, are long-running.
-    long_running: Arc<AtomicUsize>,
 }
 
 /// One guest's place in its activity's share: the ticks it has seen while executing.
@@ -41,10 +39,12 @@ pub(crate) struct GuestCpu {
 /// The tick at which a guest has surely executed for a whole tick interval.
 const LONG_RUNNING_AT_TICK: u32 = 2;
 
-/// An activity's turns: how many are free, and who waits for one.
+/// An activity's turns: how many are free, who waits for one, and how many of its guests,
+/// still alive, are long-running.
 #[derive(Debug)]
 struct Turns {
     queue: Mutex<TurnQueue>,
+    long_running: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -75,8 +75,8 @@ impl CpuShare {
                     starting: VecDeque::new(),
                     running_on: VecDeque::new(),
                 }),
+                long_running: AtomicUsize::new(0),
             })),
-            long_running: Arc::default(),
         }
     }
 }
@@ -92,10 +92,10 @@ impl GuestCpu {
 
     /// Called at each epoch tick the guest reaches while executing.
     pub(crate) fn note_tick(&self) {
-        if self.share.turns.is_some()
-            && self.ticks.fetch_add(1, Ordering::SeqCst) + 1 == LONG_RUNNING_AT_TICK
-        {
-            self.share.long_running.fetch_add(1, Ordering::SeqCst);
+        if let Some(turns) = &self.share.turns {
+            if self.ticks.fetch_add(1, Ordering::SeqCst) + 1 == LONG_RUNNING_AT_TICK {
+                turns.long_running.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -115,7 +115,7 @@ impl GuestCpu {
         let mut turn: Option<Turn> = None;
         let mut waiting: Option<TurnFuture> = None;
         std::future::poll_fn(|cx| {
-            if turn.is_none() && self.share.long_running.load(Ordering::SeqCst) > 0 {
+            if turn.is_none() && turns.long_running.load(Ordering::SeqCst) > 0 {
                 let starting = !self.is_long_running();
                 let next = waiting.get_or_insert_with(|| wait_for_turn(turns.clone(), starting));
                 match next.as_mut().poll(cx) {
@@ -138,8 +138,10 @@ impl GuestCpu {
 
 impl Drop for GuestCpu {
     fn drop(&mut self) {
-        if self.is_long_running() {
-            self.share.long_running.fetch_sub(1, Ordering::SeqCst);
+        if let Some(turns) = &self.share.turns {
+            if self.is_long_running() {
+                turns.long_running.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -236,7 +238,15 @@ mod tests {
             second.run(spin(&second, &executed, 1))
         );
         assert_eq!(executed.load(Ordering::SeqCst), 3);
-        assert_eq!(share.long_running.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            share
+                .turns
+                .as_ref()
+                .unwrap()
+                .long_running
+                .load(Ordering::SeqCst),
+            0
+        );
         let queue = share.turns.as_ref().unwrap().queue.lock().unwrap();
         assert_eq!(queue.free, 1, "no turn was taken");
     }
@@ -251,9 +261,25 @@ mod tests {
             second.run(spin(&second, &executed, 20))
         );
         assert_eq!(executed.load(Ordering::SeqCst), 42);
-        assert_eq!(share.long_running.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            share
+                .turns
+                .as_ref()
+                .unwrap()
+                .long_running
+                .load(Ordering::SeqCst),
+            2
+        );
         drop((first, second));
-        assert_eq!(share.long_running.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            share
+                .turns
+                .as_ref()
+                .unwrap()
+                .long_running
+                .load(Ordering::SeqCst),
+            0
+        );
         assert_eq!(share.turns.unwrap().queue.lock().unwrap().free, 1);
     }
 

@@ -16,8 +16,7 @@ use common::localstack::{
 };
 use common::*;
 use serde_json::{json, Value};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PORT: &str = "4599";
 
@@ -196,12 +195,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = worker.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal("TERM", worker.0.id());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let late_inputs = [
         order.clone(),
@@ -231,18 +225,9 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
             context()
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = worker.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker did not exit after SIGTERM\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_for_exit(&mut worker.0, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("worker did not exit after SIGTERM\n{}", context()));
     assert!(
         status.success(),
         "worker exited with {status}\n{}",

@@ -266,11 +266,7 @@ async fn sighup_adds_an_activity_from_the_config_file() {
         &endpoint,
         &[(&first, "guest.wasm", 2), (&added, "guest.wasm", 2)],
     );
-    let hangup = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hangup.success());
+    send_signal("HUP", child.id());
     let result = fake.wait_for_result(&queued, WAIT).await;
     let _ = child.kill();
     let _ = child.wait();

@@ -76,21 +76,10 @@ async fn sigterm_under_load_50_times_loses_nothing() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100 + rng.next_u64() % 900)).await;
         let signalled = Instant::now();
-        let term = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                signalled.elapsed() < Duration::from_secs(30),
-                "restart {restart}: still running 30 s after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        send_signal("TERM", child.id());
+        let status = wait_for_exit(&mut child, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("restart {restart}: still running 30 s after SIGTERM"));
         let exit = signalled.elapsed();
         slowest = slowest.max(exit);
         assert!(

@@ -177,11 +177,7 @@ async fn soak_with_injected_faults_loses_nothing() {
     let rss_end = rss_kib(pid);
 
     let stopping = Instant::now();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    send_signal("TERM", pid);
     let status = child.wait().unwrap();
     let exit_time = stopping.elapsed();
     let log = std::fs::read_to_string(&stderr).unwrap();

@@ -618,30 +618,16 @@ async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
         f.task(&token).state == TaskState::Running && f.open_polls(&arn) >= 1
     })
     .await;
-    let signal = |pid: u32| {
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-    };
-    assert!(signal(child.id()).success());
+    send_signal("TERM", child.id());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "the first signal must drain, not stop"
     );
-    let hurried = Instant::now();
-    assert!(signal(child.id()).success());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            hurried.elapsed() < Duration::from_secs(15),
-            "still running after a second signal"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    send_signal("TERM", child.id());
+    let status = wait_for_exit(&mut child, Duration::from_secs(15))
+        .await
+        .expect("still running after a second signal");
     assert!(status.success(), "{status}");
     match fake.task(&token).state {
         TaskState::Failed { error, .. } => assert_eq!(error, "Worker.ShuttingDown"),

@@ -62,6 +62,33 @@ pub fn worker_command() -> Command {
     command
 }
 
+/// Sends the signal `name` (e.g. `TERM`, `HUP`) to process `pid`.
+pub fn send_signal(name: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(sent.success(), "kill -{name} {pid}: {sent}");
+}
+
+/// Waits, polling every 10 ms, until `child` exits; `None` if it is still running after
+/// `limit`.
+pub async fn wait_for_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Default limits for test tasks.
 pub fn limits() -> TaskLimits {
     TaskLimits {

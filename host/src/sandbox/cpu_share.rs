@@ -211,6 +211,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The activity's long-running guests and free turns.
+    fn counts(share: &CpuShare) -> (usize, usize) {
+        let turns = share.turns.as_ref().unwrap();
+        let free = turns.queue.lock().unwrap().free;
+        (turns.long_running.load(Ordering::SeqCst), free)
+    }
+
     /// A stand-in for a guest: each `Pending` is a yield at a tick, noted as the epoch
     /// callback notes it; it counts the polls in which it executed.
     async fn spin(guest: &GuestCpu, executed: &AtomicUsize, ticks: usize) {
@@ -238,17 +245,7 @@ mod tests {
             second.run(spin(&second, &executed, 1))
         );
         assert_eq!(executed.load(Ordering::SeqCst), 3);
-        assert_eq!(
-            share
-                .turns
-                .as_ref()
-                .unwrap()
-                .long_running
-                .load(Ordering::SeqCst),
-            0
-        );
-        let queue = share.turns.as_ref().unwrap().queue.lock().unwrap();
-        assert_eq!(queue.free, 1, "no turn was taken");
+        assert_eq!(counts(&share), (0, 1), "none long-running, no turn taken");
     }
 
     #[tokio::test]
@@ -261,26 +258,9 @@ mod tests {
             second.run(spin(&second, &executed, 20))
         );
         assert_eq!(executed.load(Ordering::SeqCst), 42);
-        assert_eq!(
-            share
-                .turns
-                .as_ref()
-                .unwrap()
-                .long_running
-                .load(Ordering::SeqCst),
-            2
-        );
+        assert_eq!(counts(&share).0, 2);
         drop((first, second));
-        assert_eq!(
-            share
-                .turns
-                .as_ref()
-                .unwrap()
-                .long_running
-                .load(Ordering::SeqCst),
-            0
-        );
-        assert_eq!(share.turns.unwrap().queue.lock().unwrap().free, 1);
+        assert_eq!(counts(&share), (0, 1), "every turn given back");
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The guest kits for Python and JavaScript (guest/kits): how each way a handler ends becomes
 //! the task's outcome: an uncaught exception named by its class with its message first, a
 //! chosen task error, input that is not JSON, a return value that is not JSON, and `log` and
-//! `heartbeat` as plain functions. (Rust's SDK: tests/outcomes.rs.)
+//! `heartbeat` as plain functions, and running out of memory named as for every guest.
+//! (Rust's SDK: tests/outcomes.rs.)
 
 mod common;
 
@@ -116,4 +117,56 @@ async fn log_and_heartbeat_are_plain_functions_and_the_context_is_there() {
             "{kit}"
         );
     }
+}
+
+/// Runs `what` on the kit guest `kit` with a memory limit of `memory_limit` bytes.
+async fn run_do_within(kit: &str, what: &str, memory_limit: u64) -> Outcome {
+    let limits = sfn_wasm_worker::sandbox::TaskLimits {
+        memory_limit,
+        ..limits()
+    };
+    run_with(kit, &json!({ "do": what }).to_string(), &limits)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn an_uncaught_out_of_memory_error_is_wasm_out_of_memory_naming_the_limit() {
+    // Each kit's language, at a limit above what its runtime needs to start.
+    for (kit, limit) in [("python-kit", 96u64 << 20), ("js-kit", 64 << 20)] {
+        let cause = expect_failure(
+            &run_do_within(kit, "allocate", limit).await,
+            "Wasm.OutOfMemory",
+        );
+        assert!(
+            cause.contains(&format!("limit is {limit} bytes"))
+                || cause.contains(&format!("limit of {limit} bytes")),
+            "{kit}: {cause}"
+        );
+        // A handler that catches it keeps its own error.
+        let outcome = run_do_within(kit, "allocate-caught", limit).await;
+        assert_eq!(
+            outcome,
+            Outcome::Failed {
+                error: "Order.TooLarge".into(),
+                cause: "the order does not fit in memory".into()
+            },
+            "{kit}"
+        );
+    }
+}
+
+/// (Rust, whose allocation failure aborts after the refused grow: tests/outcomes.rs.)
+#[tokio::test]
+async fn a_c_guest_out_of_memory_is_wasm_out_of_memory_naming_the_limit() {
+    let limit = 8u64 << 20;
+    let limits = sfn_wasm_worker::sandbox::TaskLimits {
+        memory_limit: limit,
+        ..limits()
+    };
+    // malloc returns NULL while the order is parsed (or the input cannot be lowered).
+    let order = json!({"order_id": "x".repeat(5 << 20), "items": []}).to_string();
+    let (outcome, _) = run_with("c-order", &order, &limits).await;
+    let cause = expect_failure(&outcome, "Wasm.OutOfMemory");
+    assert!(cause.contains(&format!("{limit} bytes")), "{cause}");
 }

@@ -187,3 +187,114 @@ async fn a_metrics_address_in_use_is_refused_before_any_poll() {
     assert!(format!("{err:#}").contains("metrics_addr"), "{err:#}");
     assert_eq!(fake.open_polls(&arn), 0);
 }
+
+/// Starts the worker binary serving `arns` (the fake's endpoint, the adversary guest) with
+/// its metrics on `addr`; `access_key_id` signs its calls.
+fn start_worker(
+    fake: &FakeSfn,
+    arns: &[&str],
+    addr: SocketAddr,
+    access_key_id: &str,
+    dir: &std::path::Path,
+) -> std::process::Child {
+    let mut toml = format!(
+        "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmetrics_addr = \"{addr}\"\n",
+        fake.endpoint
+    );
+    for arn in arns {
+        toml.push_str(&format!(
+            "\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n",
+            guest_path("adversary").display()
+        ));
+    }
+    let config = dir.join("worker.toml");
+    std::fs::write(&config, toml).unwrap();
+    worker_command()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", access_key_id)
+        .env("SFN_WASM_WORKER_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `/readyz`'s status, or `None` while nothing listens on `addr`.
+async fn readiness(addr: SocketAddr) -> Option<u16> {
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    Some(get(addr, "/readyz").await.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_is_ready_within_seconds_of_start() {
+    let fake = FakeSfn::start().await;
+    // As the service does with no task waiting: every poll is held for the whole minute.
+    fake.set_poll_hold(Duration::from_secs(60));
+    let arn = fake.create_activity("idle");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    guest_path("adversary");
+    let started = std::time::Instant::now();
+    let mut child = start_worker(&fake, &[&arn], addr, "test", dir.path());
+    while readiness(addr).await != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not ready 10 s after start with an idle activity"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready_after = started.elapsed();
+    eprintln!(
+        "ready {:.2} s after start (idle activity)",
+        ready_after.as_secs_f64()
+    );
+    assert_eq!(
+        fake.calls(sfn_fake::Op::GetActivityTask),
+        1,
+        "the first poll is still open"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        ready_after < Duration::from_secs(3),
+        "ready only after {ready_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_wrong_activity_arn_or_bad_credentials_is_never_ready() {
+    let fake = FakeSfn::start().await;
+    fake.set_poll_hold(Duration::from_secs(60));
+    let known = fake.create_activity("known");
+    let unknown = format!("{}never-created", sfn_fake::ARN_PREFIX);
+    fake.refuse_access_key("refused-key");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "a wrong activity ARN",
+            vec![known.as_str(), unknown.as_str()],
+            "test",
+        ),
+        ("bad credentials", vec![known.as_str()], "refused-key"),
+    ];
+    for (case, arns, key) in cases {
+        let addr = free_addr();
+        let mut child = start_worker(&fake, &arns, addr, key, dir.path());
+        let watched = std::time::Instant::now();
+        let mut answered = false;
+        while watched.elapsed() < Duration::from_secs(4) {
+            if let Some(status) = readiness(addr).await {
+                answered = true;
+                assert_eq!(status, 503, "{case}: ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(answered, "{case}: /readyz never answered");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{case}: the worker exited"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -9,7 +9,7 @@ use sfn_wasm_worker::sandbox::cpu_share::CpuShare;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::InterruptReason;
 use sfn_wasm_worker::sandbox::outcome::{self, MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
-use sfn_wasm_worker::sandbox::{Grants, Runtime, TaskEnd, TaskLimits};
+use sfn_wasm_worker::sandbox::{Grants, Outcome, Runtime, TaskEnd, TaskLimits};
 use std::time::{Duration, Instant};
 
 const ADVERSARY: &str = "adversary";
@@ -44,6 +44,39 @@ async fn ok_text_that_is_not_json_is_invalid_output() {
         cause.contains("not JSON") && cause.contains("this is { not json"),
         "{cause}"
     );
+    assert_next_task_runs().await;
+}
+
+#[tokio::test]
+async fn ok_json_that_step_functions_accepts_is_success_at_any_depth_and_with_lone_surrogates() {
+    let raw = |text: &str| json!({"behaviour": "raw-output", "text": text}).to_string();
+    // The deepest nesting that fits in the output limit.
+    let half = outcome::MAX_OUTPUT_BYTES / 2;
+    let deep = format!("{}{}", "[".repeat(half), "]".repeat(half));
+    let Outcome::Succeeded { output } = run(ADVERSARY, &raw(&deep)).await else {
+        panic!("a {half}-deep output was refused");
+    };
+    assert_eq!(output, deep);
+    // What JSON.stringify writes for a string holding a lone surrogate.
+    let lone = r#"{"s":"\ud800","t":"x\udfff"}"#;
+    let Outcome::Succeeded { output } = run(ADVERSARY, &raw(lone)).await else {
+        panic!("a lone surrogate escape was refused");
+    };
+    assert_eq!(output, lone);
+    // Still refused: a number no double holds, shown as the text it was.
+    let cause = expect_failure(
+        &run(ADVERSARY, &raw("[1e400]")).await,
+        outcome::INVALID_OUTPUT,
+    );
+    assert!(
+        cause.contains("1e400") && cause.contains("64-bit float"),
+        "{cause}"
+    );
+    let cause = expect_failure(
+        &run(ADVERSARY, &raw("not\u{2028}json")).await,
+        outcome::INVALID_OUTPUT,
+    );
+    assert!(cause.contains("\"not\u{2028}json\""), "{cause}");
     assert_next_task_runs().await;
 }
 
@@ -327,7 +360,50 @@ async fn guest_sees_its_context_but_not_the_token() {
         sfn_wasm_worker::worker::sfn::task_id("token")
     );
     assert_ne!(output["task_id"], "token");
-    assert_eq!(output["deadline_ms"], 20_000);
+    // What is left of the 20 s timeout once the instance is ready: never more.
+    let left = output["deadline_ms"].as_u64().unwrap();
+    assert!((19_000..20_000).contains(&left), "{left}");
+}
+
+/// `deadline-ms` is the time left when `handle` is called: a guest that first waited for a
+/// CPU turn (its activity's one core held by a guest that spins) sees less than its timeout,
+/// by about the time it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_ms_is_the_time_left_after_waiting_for_a_cpu_turn() {
+    let grants = Grants {
+        cpu: CpuShare::cores(1),
+        ..Grants::default()
+    };
+    let spin_limits = TaskLimits {
+        timeout: Duration::from_secs(2),
+        ..limits()
+    };
+    let spinner = {
+        let grants = grants.clone();
+        tokio::spawn(async move {
+            let (task, _) = task(&behaviour("loop"));
+            guest(ADVERSARY).run(task, &spin_limits, &grants).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // long-running: it holds the core
+    let started = Instant::now();
+    let (task, _) = task(&behaviour("context"));
+    let (end, _) = guest(ADVERSARY).run(task, &limits(), &grants).await;
+    let waited_at_most = started.elapsed();
+    let TaskEnd::Report(outcome) = end else {
+        panic!("abandoned")
+    };
+    let left = expect_success(&outcome)["deadline_ms"].as_u64().unwrap();
+    let timeout_ms = limits().timeout.as_millis() as u64;
+    assert!(
+        left < timeout_ms,
+        "the whole timeout ({left} ms) after a wait for a turn"
+    );
+    assert!(
+        left + waited_at_most.as_millis() as u64 >= timeout_ms - 1,
+        "{left} ms left after at most {waited_at_most:?}"
+    );
+    spinner.await.unwrap();
 }
 
 #[tokio::test]

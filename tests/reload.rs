@@ -267,3 +267,51 @@ async fn sighup_adds_an_activity_from_the_config_file() {
     let _ = child.wait();
     assert!(matches!(result, TaskState::Succeeded(_)), "{result:?}");
 }
+
+/// A multi-tenant operator's first reload: with no pool settings, SIGHUP adds a tenant to a
+/// running worker binary and the new tenant's tasks succeed (the default pool leaves room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_pool_sighup_adds_a_tenant_whose_tasks_succeed() {
+    let fake = FakeSfn::start().await;
+    let (a, b) = (
+        fake.create_activity("tenant-a"),
+        fake.create_activity("tenant-b"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    overwrite(&dir.path().join("a.wasm"), &guest_path("versioned-1"));
+    overwrite(&dir.path().join("b.wasm"), &guest_path("versioned-2"));
+    let config_path = dir.path().join("worker.toml");
+    let endpoint = format!(
+        "region = \"us-east-1\"\nendpoint_url = \"{}\"",
+        fake.endpoint
+    );
+    write_config(&config_path, &endpoint, &[(&a, "a.wasm", 8)]);
+    let mut child = worker_command()
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("SFN_WASM_WORKER_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let first = fake.enqueue(&a, "{}");
+    fake.wait_for_result(&first, WAIT).await;
+
+    write_config(
+        &config_path,
+        &endpoint,
+        &[(&a, "a.wasm", 8), (&b, "b.wasm", 8)],
+    );
+    send_signal("HUP", child.id());
+    let tokens: Vec<String> = (0..16)
+        .map(|n| fake.enqueue(&b, &json!({ "n": n }).to_string()))
+        .collect();
+    for token in &tokens {
+        let state = fake.wait_for_result(token, WAIT).await;
+        assert!(matches!(state, TaskState::Succeeded(_)), "{state:?}");
+        assert_eq!(version_of(&fake, token).as_deref(), Ok("2"));
+    }
+    send_signal("TERM", child.id());
+    let status = wait_for_exit(&mut child, WAIT)
+        .await
+        .expect("the worker exits");
+    assert!(status.success(), "{status}");
+}

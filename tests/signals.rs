@@ -1,9 +1,14 @@
 //! SIGTERM under load: the worker binary is started, run for a random moment under a steady
-//! stream of tasks (some longer than the drain timeout), sent SIGTERM, and started again,
-//! 50 times. Every task Step Functions handed out must be reported exactly once: succeeded,
-//! or failed with `Worker.ShuttingDown` (those the drain timeout cut); every exit must be 0
-//! and come within `drain_timeout` plus the open poll's remaining time. Prints the counts
-//! and the slowest exit. `SIGNALS_SEED=N` replays a run's moments.
+//! stream of tasks that sleep (some longer than the drain timeout), compute without calling
+//! the host (forever, until stopped), compute while reading the clock, allocate to the
+//! memory limit and trap, sent SIGTERM, and started again, 50 times. Every task Step
+//! Functions handed out must be reported exactly once with an outcome its behaviour allows
+//! (`Worker.ShuttingDown` for those the drain timeout cut); every exit must be 0 and come
+//! within `drain_timeout` plus the open poll's remaining time. Prints the counts and the
+//! slowest exit. `SIGNALS_SEED=N` replays a run's moments.
+//!
+//! And one spinning guest at a time: SIGTERM stops it at the drain timeout (also right after
+//! a reload), and its own timeout still stops it during a drain.
 
 mod common;
 
@@ -11,6 +16,7 @@ use common::*;
 use serde_json::json;
 use sfn_fake::{FakeSfn, SplitMix64, TaskState};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -32,21 +38,9 @@ async fn sigterm_under_load_50_times_loses_nothing() {
     fake.set_poll_hold(POLL_HOLD);
     let arn = fake.create_activity("signals");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("worker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[worker]\nname = \"signals\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
-             drain_timeout = \"{}ms\"\n\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n\
-             max_concurrency = 8\npollers = 4\ntimeout = \"10s\"\n",
-            fake.endpoint,
-            DRAIN_TIMEOUT.as_millis(),
-            guest_path("adversary").display()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "10s", 8);
 
-    // Load: a task every 40 ms sleeping 0–1.5 s (the longest outlast the drain timeout).
+    // Load: a task every 40 ms, of every kind of behaviour (see `MIX`).
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let stop_load = CancellationToken::new();
     let load = tokio::spawn({
@@ -55,10 +49,9 @@ async fn sigterm_under_load_50_times_loses_nothing() {
         async move {
             let mut rng = SplitMix64(seed);
             while !stop.is_cancelled() {
-                let ms = rng.next_u64() % 1_500;
-                let token =
-                    fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": ms}).to_string());
-                tokens.lock().unwrap().push(token);
+                let (input, allowed) = pick(&mut rng);
+                let token = fake.enqueue(&arn, &input.to_string());
+                tokens.lock().unwrap().push((token, allowed));
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
         }
@@ -95,19 +88,19 @@ async fn sigterm_under_load_50_times_loses_nothing() {
     load.await.unwrap();
 
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for token in tokens.lock().unwrap().iter() {
+    for (token, allowed) in tokens.lock().unwrap().iter() {
         let record = fake.task(token);
         let verdict = match &record.state {
             TaskState::Queued => "never handed out".to_string(),
-            TaskState::Succeeded(_) if record.reports == 1 => "succeeded".to_string(),
-            TaskState::Failed { error, .. }
-                if error == "Worker.ShuttingDown" && record.reports == 1 =>
-            {
-                "failed with Worker.ShuttingDown".to_string()
-            }
+            _ if record.reports != 1 => panic!(
+                "seed {seed}: a task ({}) ended {:?} after {} reports",
+                record.input, record.state, record.reports
+            ),
+            TaskState::Succeeded(_) if allowed.contains(&SUCCEEDED) => SUCCEEDED.to_string(),
+            TaskState::Failed { error, .. } if allowed.contains(&error.as_str()) => error.clone(),
             other => panic!(
-                "seed {seed}: a task ended {other:?} after {} reports",
-                record.reports
+                "seed {seed}: a task ({}) ended {other:?}; allowed: {allowed:?}",
+                record.input
             ),
         };
         *counts.entry(verdict).or_default() += 1;
@@ -118,8 +111,160 @@ async fn sigterm_under_load_50_times_loses_nothing() {
         slowest.as_secs_f64(),
         (DRAIN_TIMEOUT + POLL_HOLD + EXIT_SLACK).as_secs_f64()
     );
+    for outcome in [SUCCEEDED, SHUTTING_DOWN, "Wasm.OutOfMemory", "Wasm.Trap"] {
+        assert!(
+            counts.get(outcome).is_some_and(|n| *n > 0),
+            "no task {outcome}: {counts:?}"
+        );
+    }
+}
+
+/// How the fake shows a success among the allowed outcomes.
+const SUCCEEDED: &str = "succeeded";
+const SHUTTING_DOWN: &str = "Worker.ShuttingDown";
+
+/// The load's behaviours, their weights, and the outcomes each may end with.
+const MIX: [(&str, u64, &[&str]); 5] = [
+    ("sleep", 10, &[SUCCEEDED, SHUTTING_DOWN]),
+    // Computes without ever calling the host: only the epoch can stop it.
+    ("loop", 1, &[SHUTTING_DOWN]),
+    // Computes, reading the clock, for up to 1.5 s.
+    ("spin", 3, &[SUCCEEDED, SHUTTING_DOWN]),
+    ("memory-bomb", 1, &[SHUTTING_DOWN, "Wasm.OutOfMemory"]),
+    ("panic", 1, &[SHUTTING_DOWN, "Wasm.Trap"]),
+];
+
+/// One task of the mix: its input and the outcomes it may end with.
+fn pick(rng: &mut SplitMix64) -> (serde_json::Value, &'static [&'static str]) {
+    let total: u64 = MIX.iter().map(|(_, weight, _)| weight).sum();
+    let mut draw = rng.next_u64() % total;
+    let ms = rng.next_u64() % 1_500;
+    for (behaviour, weight, allowed) in MIX {
+        if draw < weight {
+            return (json!({"behaviour": behaviour, "ms": ms}), allowed);
+        }
+        draw -= weight;
+    }
+    unreachable!("the draw is below the total weight")
+}
+
+/// Writes a config serving `arn` with the adversary guest; returns its path.
+fn write_config(
+    dir: &Path,
+    fake: &FakeSfn,
+    arn: &str,
+    drain_timeout: Duration,
+    timeout: &str,
+    max_concurrency: u32,
+) -> PathBuf {
+    let config = dir.join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\nname = \"signals\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+             drain_timeout = \"{}ms\"\n\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n\
+             max_concurrency = {max_concurrency}\npollers = {pollers}\ntimeout = \"{timeout}\"\n\
+             memory_limit = \"64MiB\"\n",
+            fake.endpoint,
+            drain_timeout.as_millis(),
+            guest_path("adversary").display(),
+            pollers = max_concurrency.min(4),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Starts the worker on `config`, hands it one guest that computes forever without calling
+/// the host, and waits until the guest runs.
+async fn worker_with_a_spinning_guest(
+    fake: &FakeSfn,
+    arn: &str,
+    config: &Path,
+) -> (std::process::Child, String) {
+    let child = worker_command()
+        .args(["run", "--config"])
+        .arg(config)
+        .env("SFN_WASM_WORKER_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let token = fake.enqueue(arn, &json!({"behaviour": "loop"}).to_string());
+    fake.wait_until(
+        Duration::from_secs(30),
+        "the spinning task to start",
+        |fake| fake.task(&token).state == TaskState::Running,
+    )
+    .await;
+    // Past its first epoch ticks: computing, not starting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (child, token)
+}
+
+/// SIGTERMs `child`; asserts it exits 0 within `bound`.
+async fn terminate_within(child: &mut std::process::Child, bound: Duration) -> Duration {
+    let signalled = Instant::now();
+    send_signal("TERM", child.id());
+    let status = wait_for_exit(child, Duration::from_secs(30)).await;
+    let exit = signalled.elapsed();
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("still running 30 s after SIGTERM while a guest spins (bound {bound:?})");
+    };
+    assert!(status.success(), "exit {status}");
+    assert!(exit <= bound, "exit took {exit:?}, bound {bound:?}");
+    exit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_spinning_guest_at_the_drain_timeout() {
+    let fake = FakeSfn::start().await;
+    fake.set_poll_hold(POLL_HOLD);
+    let arn = fake.create_activity("spinning");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 2);
+    let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
+    terminate_within(&mut child, DRAIN_TIMEOUT + POLL_HOLD + EXIT_SLACK).await;
     assert!(
-        counts.get("succeeded").is_some_and(|n| *n > 0),
-        "{counts:?}"
+        matches!(fake.task(&token).state, TaskState::Failed { ref error, .. } if error == SHUTTING_DOWN),
+        "{:?}",
+        fake.task(&token).state
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_a_reload_stops_a_spinning_guest_at_the_drain_timeout() {
+    let fake = FakeSfn::start().await;
+    fake.set_poll_hold(POLL_HOLD);
+    let arn = fake.create_activity("spinning-reloaded");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 2);
+    let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
+    // A reload that changes the activity (its running task keeps the old spec), applied.
+    write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 3);
+    send_signal("HUP", child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    terminate_within(&mut child, DRAIN_TIMEOUT + POLL_HOLD + EXIT_SLACK).await;
+    assert!(
+        matches!(fake.task(&token).state, TaskState::Failed { ref error, .. } if error == SHUTTING_DOWN),
+        "{:?}",
+        fake.task(&token).state
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_guests_timeout_still_stops_it_during_a_drain() {
+    let fake = FakeSfn::start().await;
+    fake.set_poll_hold(POLL_HOLD);
+    let arn = fake.create_activity("spinning-timeout");
+    let dir = tempfile::tempdir().unwrap();
+    // Its timeout ends well before the drain timeout does.
+    let drain_timeout = Duration::from_secs(20);
+    let config = write_config(dir.path(), &fake, &arn, drain_timeout, "1500ms", 2);
+    let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
+    let exit = terminate_within(&mut child, Duration::from_millis(1_500) + EXIT_SLACK * 2).await;
+    match fake.task(&token).state {
+        TaskState::Failed { error, .. } if error == "Wasm.Timeout" => {}
+        other => panic!("{other:?} (exit after {exit:?})"),
+    }
 }

@@ -107,6 +107,12 @@ bool exports_handler_handle(handler_string_t *input, handler_task_context_t *con
     json_value *order = json_parse((const char *)input->ptr, input->len, &parse_error, &error_offset);
     handler_string_free(input);
     char cause[256];
+    if (!order && strcmp(parse_error, JSON_OUT_OF_MEMORY) == 0) {
+        // The worker's name for a guest out of memory; it adds the limit to the cause.
+        handler_string_dup(&err->error, "Wasm.OutOfMemory");
+        handler_string_dup(&err->cause, "the order does not fit in memory");
+        return false;
+    }
     if (!order) {
         snprintf(cause, sizeof cause, "input is not JSON: %s at byte %zu", parse_error, error_offset);
         return invalid(err, cause);

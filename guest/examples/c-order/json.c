@@ -39,7 +39,7 @@ static bool consume(parser *p, const char *word) {
 
 static json_value *new_value(parser *p, json_type type) {
     json_value *value = calloc(1, sizeof *value);
-    if (!value) fail(p, "out of memory");
+    if (!value) fail(p, JSON_OUT_OF_MEMORY);
     else value->type = type;
     return value;
 }
@@ -84,7 +84,7 @@ static char *parse_string(parser *p, size_t *out_len) {
     p->pos++;  // opening quote
     // Decoded text is never longer than the source.
     char *out = malloc(p->len - p->pos + 1);
-    if (!out) { fail(p, "out of memory"); return NULL; }
+    if (!out) { fail(p, JSON_OUT_OF_MEMORY); return NULL; }
     size_t n = 0;
     while (p->pos < p->len) {
         unsigned char c = (unsigned char)p->text[p->pos++];

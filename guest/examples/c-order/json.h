@@ -21,6 +21,9 @@ typedef struct json_value {
     struct json_value *next;  // next sibling in the parent array or object
 } json_value;
 
+// The error json_parse points at when an allocation failed.
+#define JSON_OUT_OF_MEMORY "out of memory"
+
 // Parses `len` bytes of `text`. On failure returns NULL and points *error at a static message
 // (with the byte offset in *error_offset). Free the result with json_free.
 json_value *json_parse(const char *text, size_t len, const char **error, size_t *error_offset);

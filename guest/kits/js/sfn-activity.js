@@ -15,6 +15,9 @@
 // - a returned value (or a promise of one) → SendTaskSuccess with it as JSON; `undefined`,
 //   a function, a BigInt or a cycle → error `Worker.InvalidOutput` naming what it was;
 // - `throw new TaskError(error, cause)` → SendTaskFailure with exactly that error and cause;
+// - an uncaught out-of-memory error (the guest reached its `memory_limit`; SpiderMonkey
+//   throws the string "out of memory") → error `Wasm.OutOfMemory`, as for any guest that runs
+//   out of memory; the worker names the limit;
 // - any other thrown Error → error = its class name (`TypeError`, your own class), cause =
 //   its message, then its stack; a thrown string → error `Error`, cause = the string;
 // - a task input that is not JSON → error `Task.InvalidInput`.
@@ -34,6 +37,11 @@ export class TaskError extends Error {
     this.cause = String(cause);
   }
 }
+
+/** The error every guest that runs out of memory is failed with (the worker's outcome table). */
+const OUT_OF_MEMORY = "Wasm.OutOfMemory";
+/** What SpiderMonkey throws when an allocation fails. */
+const SPIDERMONKEY_OUT_OF_MEMORY = "out of memory";
 
 /** Thrown by `heartbeat()` once Step Functions no longer knows the task: stop working. */
 export class TaskOver extends Error {}
@@ -95,6 +103,9 @@ function taskError(error, cause) {
 function toTaskError(err) {
   if (err instanceof TaskError) {
     return taskError(err.error, err.cause);
+  }
+  if (err === SPIDERMONKEY_OUT_OF_MEMORY) {
+    return taskError(OUT_OF_MEMORY, "the JavaScript engine threw \"out of memory\"");
   }
   if (err instanceof Error) {
     const name = err.constructor?.name || err.name || "Error";

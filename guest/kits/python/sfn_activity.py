@@ -18,6 +18,8 @@ What becomes of the handler's result (the task's outcome):
 - a returned value → SendTaskSuccess with it serialised as JSON; a value that cannot be
   serialised (a set, an object, NaN) → error `Worker.InvalidOutput` naming its type;
 - `raise TaskError(error, cause)` → SendTaskFailure with exactly that error and cause;
+- an uncaught `MemoryError` (the guest reached its `memory_limit`) → error
+  `Wasm.OutOfMemory`, as for any guest that runs out of memory; the worker names the limit;
 - any other uncaught exception → error = the exception's class name (`ValueError`,
   `KeyError`, your own class), cause = its message, then the traceback, innermost call first;
 - a task input that is not JSON → error `Task.InvalidInput`.
@@ -35,6 +37,9 @@ except ImportError:  # the `handler-http` world, which also has wasi:http's `typ
     from wit_world.imports.sfn_activity_types import TaskContext, TaskError as _WitTaskError
 
 __all__ = ["Context", "TaskError", "TaskOver", "export", "heartbeat", "log"]
+
+# The error every guest that runs out of memory is failed with (the worker's outcome table).
+OUT_OF_MEMORY = "Wasm.OutOfMemory"
 
 # Characters of traceback kept in a cause (Step Functions keeps 32 768 in all).
 MAX_TRACEBACK_CHARS = 16_000
@@ -113,6 +118,8 @@ def _run(handle, input, context):
         result = handle(value, Context(context))
     except TaskError as err:
         raise Err(_WitTaskError(error=err.error, cause=err.cause))
+    except MemoryError as err:  # the worker names the limit in the cause
+        raise Err(_WitTaskError(error=OUT_OF_MEMORY, cause=_cause(err)))
     except Exception as err:  # the author's uncaught exception: its class names the error
         raise Err(_WitTaskError(error=type(err).__name__, cause=_cause(err)))
     try:

@@ -4,6 +4,12 @@ import { handler, heartbeat, TaskError } from "../../kits/js/sfn-activity.js";
 
 class OrderRejected extends Error {}
 
+/** Allocates 1 MiB blocks until the memory limit refuses one. */
+function allocateUntilRefused() {
+  const blocks = [];
+  for (;;) blocks.push(new Uint8Array(1 << 20).fill(1));
+}
+
 function checkSku(sku) {
   if (!sku) throw new TypeError("bad sku");
   return sku;
@@ -27,6 +33,15 @@ export const handle = handler(async (request, ctx) => {
       return { n: 10n };
     case "number":
       return 42;
+    case "allocate": // until its memory_limit: an uncaught out-of-memory error
+      return { blocks: allocateUntilRefused() };
+    case "allocate-caught": // the handler turns the error into its own
+      try {
+        allocateUntilRefused();
+      } catch {
+        throw new TaskError("Order.TooLarge", "the order does not fit in memory");
+      }
+      return {};
     case "heartbeat":
       heartbeat();
       return { beat: true };

@@ -14,6 +14,12 @@ def check_sku(sku):
     return sku
 
 
+def allocate_until_refused():
+    blocks = []
+    while True:
+        blocks.append(bytearray(1 << 20))
+
+
 def handle(request, ctx):
     do = request.get("do") if isinstance(request, dict) else None
     if do == "raise":
@@ -26,6 +32,13 @@ def handle(request, ctx):
         return {"tags": {"a", "b"}}
     if do == "nan":
         return float("nan")
+    if do == "allocate":  # until its memory_limit: an uncaught MemoryError
+        return {"blocks": len(allocate_until_refused())}
+    if do == "allocate-caught":  # the handler turns the MemoryError into its own error
+        try:
+            allocate_until_refused()
+        except MemoryError:
+            raise TaskError("Order.TooLarge", "the order does not fit in memory")
     if do == "heartbeat":
         sfn_activity.heartbeat()
         return {"beat": True}

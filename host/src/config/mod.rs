@@ -33,6 +33,14 @@ pub const DEFAULT_POLLERS: u32 = 1;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default memory cap per task.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+/// Task slots the default pool reserves beyond the activities' `max_concurrency` (at least;
+/// see [`Config::pool_tasks`]), so that a reload can add tenants without a restart.
+pub const POOL_HEADROOM_TASKS: u32 = 256;
+/// The most task slots the default pool reserves when the activities need fewer: 3 000
+/// sandboxes of 32.25 GiB each are 94 TiB of the 128 TiB a process can address.
+pub const DEFAULT_POOL_TASKS_CAP: u32 = 3_000;
+/// The most a 32-bit linear memory can hold.
+const WASM32_MEMORY_BYTES: u64 = 4 << 30;
 /// Default time shutdown waits for in-flight tasks.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -67,12 +75,14 @@ pub struct WorkerSection {
     pub cache_dir: Option<PathBuf>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, e.g. `0.0.0.0:9090` (default: off).
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Tasks the engine reserves sandboxes for, across every activity (default: the sum of
-    /// their `max_concurrency`). Set it higher to leave room for activities that a reload
-    /// adds or grows.
+    /// Tasks the engine reserves sandboxes for, across every activity (default: room for
+    /// twice the sum of their `max_concurrency`, at least 256 more, see
+    /// [`Config::pool_tasks`]). Set it to leave more or less room for activities that a
+    /// reload adds or grows.
     pub pool_tasks: Option<u32>,
-    /// The per-task memory the engine reserves (default: the largest `memory_limit`). Set it
-    /// higher to let a reload raise an activity's `memory_limit`.
+    /// The per-task memory the engine reserves (default: the largest `memory_limit`, at
+    /// least 4 GiB). Set it higher to let a reload raise an activity's `memory_limit` past
+    /// 4 GiB (several memories).
     pub pool_memory_limit: Option<ByteSize>,
     /// Reload an activity's component when its file changes (default true). SIGHUP reloads
     /// the configuration and the components whatever this says.
@@ -399,20 +409,31 @@ impl Config {
             .unwrap_or(DEFAULT_MEMORY_LIMIT)
     }
 
-    /// Tasks the engine's pool is sized for: `[worker] pool_tasks`, or every activity's
-    /// `max_concurrency` added up.
+    /// Tasks the engine's pool is sized for: `[worker] pool_tasks`, or by default the
+    /// activities' `max_concurrency` added up with room for a reload to add or grow tenants
+    /// (twice the sum, at least [`POOL_HEADROOM_TASKS`] more, within
+    /// [`DEFAULT_POOL_TASKS_CAP`] unless the sum itself is larger). An unused reserved
+    /// sandbox costs address space (32.25 GiB), not memory.
     pub fn pool_tasks(&self) -> u32 {
-        self.worker
-            .pool_tasks
-            .unwrap_or_else(|| self.total_concurrency())
+        self.worker.pool_tasks.unwrap_or_else(|| {
+            let needed = self.total_concurrency();
+            needed
+                .saturating_mul(2)
+                .max(needed.saturating_add(POOL_HEADROOM_TASKS))
+                .min(DEFAULT_POOL_TASKS_CAP)
+                .max(needed)
+        })
     }
 
-    /// The memory of one pooled sandbox: `[worker] pool_memory_limit`, or the largest
-    /// `memory_limit`.
+    /// The memory of one pooled sandbox: `[worker] pool_memory_limit`, or by default the
+    /// largest `memory_limit` or 4 GiB (a 32-bit memory's most) if that is more: the engine
+    /// reserves 4 GiB of address space per memory anyway, so a reload may raise a
+    /// `memory_limit` up to 4 GiB at no cost.
     pub fn pool_memory_limit(&self) -> u64 {
-        self.worker
-            .pool_memory_limit
-            .map_or_else(|| self.max_memory_limit(), |size| size.0)
+        self.worker.pool_memory_limit.map_or_else(
+            || self.max_memory_limit().max(WASM32_MEMORY_BYTES),
+            |size| size.0,
+        )
     }
 
     /// Whether components are reloaded when their files change.

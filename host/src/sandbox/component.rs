@@ -4,7 +4,7 @@
 use crate::sandbox::artefacts::Artefacts;
 use crate::sandbox::bindings::{Handler, HandlerPre};
 use crate::sandbox::capabilities::Grants;
-use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker, TickDemand};
+use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker};
 use crate::sandbox::limits::TaskLimits;
 use crate::sandbox::outcome::{Outcome, TaskEnd, INSTANTIATION_FAILED};
 use crate::sandbox::run::{self, HandlerFuture, Task, TaskHandler, TaskStats};
@@ -40,7 +40,8 @@ pub struct Guest {
     /// The key of its component among the runtime's loaded components.
     artefact: Option<Arc<str>>,
     pre: HandlerPre<TaskState>,
-    ticks: TickDemand,
+    /// Keeps the epoch ticker running for as long as the guest can run tasks.
+    ticks: EpochTicker,
 }
 
 /// One import of a component and whether this host provides it.
@@ -197,7 +198,7 @@ impl Runtime {
             path: path.into(),
             artefact: None,
             pre,
-            ticks: self.ticker.demand(),
+            ticks: self.ticker.clone(),
         })
     }
 }

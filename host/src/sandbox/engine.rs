@@ -130,17 +130,23 @@ fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated OS thread, so that even a
 /// guest spinning on every runtime thread is still interrupted, but only while some guest is
-/// in its sandbox: an idle worker's ticker sleeps without waking. Stops when dropped.
+/// in its sandbox: an idle worker's ticker sleeps without waking.
+///
+/// Every clone is a handle on the same thread, and the thread stops only when the last
+/// handle is dropped: the runtime holds one, every loaded [`crate::sandbox::Guest`] holds
+/// one, and every running guest holds one through its [`TickGuard`]. So no store can run
+/// without a ticker, whatever is dropped first (a runtime replaced by a reload, a reload
+/// loop that ends as the drain starts, a bench's runtime).
+#[derive(Clone)]
 pub struct EpochTicker {
-    demand: TickDemand,
-    thread: Option<JoinHandle<()>>,
+    thread: Arc<TickerThread>,
 }
 
-/// How many guests need the epoch to advance; cheap to clone. [`TickDemand::enter`] is held
-/// for as long as a guest's store may run.
-#[derive(Clone, Default)]
-pub struct TickDemand {
+/// The ticker's thread and the state it shares with the guests; stops the thread when
+/// dropped (with the last [`EpochTicker`]).
+struct TickerThread {
     shared: Arc<DemandState>,
+    handle: Option<JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -157,47 +163,26 @@ struct Demand {
     stop: bool,
 }
 
-/// One guest's claim on the ticker; the ticker goes idle when the last claim is dropped.
+/// One guest's claim on the ticker; the ticker goes idle when the last claim is dropped,
+/// and cannot stop while any claim is held.
 pub struct TickGuard {
-    demand: TickDemand,
-}
-
-impl TickDemand {
-    /// Claims ticks until the returned guard is dropped. Under the ticker's own lock: a
-    /// ticker about to go idle sees the claim, and an idle one is woken by it, so a guest
-    /// entering while the ticker stops is still interrupted within one tick of its deadline.
-    pub fn enter(&self) -> TickGuard {
-        let mut demand = self.shared.counts.lock().unwrap();
-        demand.guests += 1;
-        if demand.guests == 1 {
-            self.shared.changed.notify_one();
-        }
-        TickGuard {
-            demand: self.clone(),
-        }
-    }
-}
-
-impl Drop for TickGuard {
-    fn drop(&mut self) {
-        self.demand.shared.counts.lock().unwrap().guests -= 1;
-    }
+    ticker: EpochTicker,
 }
 
 impl EpochTicker {
-    /// Starts the ticker thread of `engine`; it ticks only while [`EpochTicker::demand`] is
-    /// entered.
+    /// Starts the ticker thread of `engine`; it ticks only while a guest has
+    /// [`EpochTicker::enter`]ed.
     pub fn start(engine: &Engine) -> Result<EpochTicker> {
-        let demand = TickDemand::default();
+        let shared = Arc::new(DemandState::default());
         let weak = engine.weak();
-        let shared = demand.shared.clone();
-        let thread = std::thread::Builder::new()
+        let state = shared.clone();
+        let handle = std::thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn(move || loop {
                 {
-                    let mut demand = shared.counts.lock().unwrap();
+                    let mut demand = state.counts.lock().unwrap();
                     while demand.guests == 0 && !demand.stop {
-                        demand = shared.changed.wait(demand).unwrap();
+                        demand = state.changed.wait(demand).unwrap();
                     }
                     if demand.stop {
                         return;
@@ -211,23 +196,42 @@ impl EpochTicker {
             })
             .context("starting the epoch ticker thread")?;
         Ok(EpochTicker {
-            demand,
-            thread: Some(thread),
+            thread: Arc::new(TickerThread {
+                shared,
+                handle: Some(handle),
+            }),
         })
     }
 
-    /// The handle guests enter to have the epoch advance while they run.
-    pub fn demand(&self) -> TickDemand {
-        self.demand.clone()
+    /// Claims ticks until the returned guard is dropped. Under the ticker's own lock: a
+    /// ticker about to go idle sees the claim, and an idle one is woken by it, so a guest
+    /// entering while the ticker goes idle is still interrupted within one tick of its
+    /// deadline.
+    pub fn enter(&self) -> TickGuard {
+        let shared = &self.thread.shared;
+        let mut demand = shared.counts.lock().unwrap();
+        demand.guests += 1;
+        if demand.guests == 1 {
+            shared.changed.notify_one();
+        }
+        TickGuard {
+            ticker: self.clone(),
+        }
     }
 }
 
-impl Drop for EpochTicker {
+impl Drop for TickGuard {
     fn drop(&mut self) {
-        self.demand.shared.counts.lock().unwrap().stop = true;
-        self.demand.shared.changed.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        self.ticker.thread.shared.counts.lock().unwrap().guests -= 1;
+    }
+}
+
+impl Drop for TickerThread {
+    fn drop(&mut self) {
+        self.shared.counts.lock().unwrap().stop = true;
+        self.shared.changed.notify_one();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
         }
     }
 }
@@ -246,7 +250,8 @@ mod tests {
         let ticker = EpochTicker::start(&engine).unwrap();
         let module =
             Module::new(&engine, r#"(module (func (export "spin") (loop br 0)))"#).unwrap();
-        let demand = ticker.demand();
+        let demand = ticker.clone();
+        drop(ticker); // the guests' handle alone keeps it ticking
         let (done, finished) = mpsc::channel();
         std::thread::spawn(move || {
             // Each guest enters right after the previous one left: the ticker is then

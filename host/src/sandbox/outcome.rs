@@ -95,23 +95,28 @@ impl Outcome {
                 ),
             );
         }
-        match serde_json::from_str::<CheckedJson>(&output) {
-            Ok(_) => Outcome::Succeeded { output },
-            Err(err) if err.to_string().starts_with("number out of range") => Outcome::failed(
+        // IgnoredAny scans without recursion (any depth the size allows) and, as RFC 8259's
+        // grammar does, takes any \u escape, a lone surrogate among them.
+        if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
+            return Outcome::failed(
                 INVALID_OUTPUT,
                 format!(
-                    "the guest returned a number that no 64-bit float can hold ({err}); Step \
-                     Functions holds JSON numbers as doubles: return such a value as a string"
+                    "the guest returned output that is not JSON ({err}); it began: {}",
+                    json_quoted(&truncate_chars(output, 200))
                 ),
-            ),
-            Err(err) => Outcome::failed(
-                INVALID_OUTPUT,
-                format!(
-                    "the guest returned output that is not JSON ({err}); it began: {:?}",
-                    truncate_chars(output, 200)
-                ),
-            ),
+            );
         }
+        if let Some(number) = number_no_double_holds(&output) {
+            return Outcome::failed(
+                INVALID_OUTPUT,
+                format!(
+                    "the guest returned the number {} that no 64-bit float can hold; Step \
+                     Functions holds JSON numbers as doubles: return such a value as a string",
+                    truncate_chars(number.to_string(), 200)
+                ),
+            );
+        }
+        Outcome::Succeeded { output }
     }
 
     /// Whether this is a success.
@@ -168,6 +173,11 @@ impl TaskEnd {
                 format!("could not set up the sandbox: {err:#}"),
             )),
             RunStop::Returned(Ok(output)) => TaskEnd::Report(Outcome::from_guest_output(output)),
+            RunStop::Returned(Err(task_error)) if task_error.error == OUT_OF_MEMORY => {
+                // A kit's name for its language's uncaught out-of-memory error (Python's
+                // MemoryError, JavaScript's "out of memory"): the host names the limit.
+                TaskEnd::out_of_memory(facts, &task_error.cause)
+            }
             RunStop::Returned(Err(task_error)) => {
                 TaskEnd::Report(Outcome::failed(task_error.error, task_error.cause))
             }
@@ -185,19 +195,8 @@ impl TaskEnd {
         during_instantiation: bool,
         facts: &RunFacts<'_>,
     ) -> TaskEnd {
-        if let Some(wanted) = facts.refused_memory {
-            return TaskEnd::Report(Outcome::failed(
-                OUT_OF_MEMORY,
-                with_stderr(
-                    format!(
-                        "the guest needed {wanted} bytes of linear memory; its limit is {} bytes \
-                         (raise the activity's memory_limit if this is expected). {}",
-                        facts.limits.memory_limit,
-                        error_chain(&err)
-                    ),
-                    &facts.stderr_tail,
-                ),
-            ));
+        if facts.refused_memory.is_some() {
+            return TaskEnd::out_of_memory(facts, &error_chain(&err));
         }
         let trap = err.downcast_ref::<Trap>();
         if trap == Some(&Trap::Interrupt) {
@@ -225,6 +224,25 @@ impl TaskEnd {
         TaskEnd::Report(Outcome::failed(
             TRAP,
             with_stderr(cause, &facts.stderr_tail),
+        ))
+    }
+
+    /// [`OUT_OF_MEMORY`], the cause naming what the guest wanted (when a grow was refused)
+    /// and its limit, then `detail` (the trap, or the kit's exception text).
+    fn out_of_memory(facts: &RunFacts<'_>, detail: &str) -> TaskEnd {
+        let limit = facts.limits.memory_limit;
+        let what = match facts.refused_memory {
+            Some(wanted) => format!(
+                "the guest needed {wanted} bytes of linear memory; its limit is {limit} bytes"
+            ),
+            None => format!("the guest ran out of memory within its limit of {limit} bytes"),
+        };
+        TaskEnd::Report(Outcome::failed(
+            OUT_OF_MEMORY,
+            with_stderr(
+                format!("{what} (raise the activity's memory_limit if this is expected). {detail}"),
+                &facts.stderr_tail,
+            ),
         ))
     }
 
@@ -306,63 +324,41 @@ fn serialize_raw_json<S: serde::Serializer>(
     value.serialize(serializer)
 }
 
-/// Any JSON value, read without being kept, with its numbers converted (unlike
-/// `IgnoredAny`, which only scans them): serde_json then refuses a number no 64-bit float
-/// can hold. Step Functions' JSON processing (JSONPath, JSONata) holds numbers as doubles,
-/// so an output such as `1.9e682` would not survive it as the number the guest meant.
-struct CheckedJson;
-
-impl<'de> serde::Deserialize<'de> for CheckedJson {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(CheckedJsonVisitor)
+/// The first number in the valid JSON text `json` that overflows a 64-bit float, if any.
+/// Step Functions' JSON processing (JSONPath, JSONata) holds numbers as doubles, so an
+/// output such as `1.9e682` would not survive it as the number the guest meant. One pass,
+/// no recursion: outside strings, a number is a maximal run of `-+.eE` and digits.
+fn number_no_double_holds(json: &str) -> Option<&str> {
+    let bytes = json.as_bytes();
+    let (mut at, mut in_string) = (0, false);
+    while at < bytes.len() {
+        match (in_string, bytes[at]) {
+            (true, b'\\') => at += 1, // the escaped byte is never a quote that ends the string
+            (_, b'"') => in_string = !in_string,
+            (false, b'-' | b'0'..=b'9') => {
+                let start = at;
+                while at < bytes.len()
+                    && matches!(bytes[at], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    at += 1;
+                }
+                let number = &json[start..at];
+                if number.parse::<f64>().is_ok_and(f64::is_infinite) {
+                    return Some(number);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        at += 1;
     }
+    None
 }
 
-struct CheckedJsonVisitor;
-
-impl<'de> serde::de::Visitor<'de> for CheckedJsonVisitor {
-    type Value = CheckedJson;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<CheckedJson, E> {
-        Ok(CheckedJson)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<CheckedJson, E> {
-        Ok(CheckedJson)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<CheckedJson, E> {
-        Ok(CheckedJson)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<CheckedJson, E> {
-        Ok(CheckedJson)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<CheckedJson, E> {
-        Ok(CheckedJson)
-    }
-
-    fn visit_unit<E>(self) -> Result<CheckedJson, E> {
-        Ok(CheckedJson)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<CheckedJson, A::Error> {
-        while seq.next_element::<CheckedJson>()?.is_some() {}
-        Ok(CheckedJson)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<CheckedJson, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, CheckedJson>()?
-            .is_some()
-        {}
-        Ok(CheckedJson)
-    }
+/// `text` as a JSON string literal: how an excerpt of a guest's output is shown in a cause,
+/// as the text it was, with only what JSON must escape escaped.
+fn json_quoted(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serialises")
 }
 
 /// Cuts `text` to at most `max_chars` characters, on a character boundary, marking the cut.
@@ -408,6 +404,52 @@ mod tests {
         assert!(
             Outcome::from_guest_output("[1e308, -5, 18446744073709551615]".into()).is_success()
         );
+    }
+
+    #[test]
+    fn any_depth_the_size_limit_allows_is_valid_output() {
+        // The deepest arrays and objects that fit in the limit: no recursion limit, no
+        // stack overflow (serde_json's own limit is 128 levels).
+        let half = MAX_OUTPUT_BYTES / 2;
+        let arrays = format!("{}{}", "[".repeat(half), "]".repeat(half));
+        assert_eq!(arrays.len(), MAX_OUTPUT_BYTES);
+        assert!(Outcome::from_guest_output(arrays).is_success());
+        let levels = (MAX_OUTPUT_BYTES - 1) / 7;
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels));
+        assert!(objects.len() <= MAX_OUTPUT_BYTES);
+        assert!(Outcome::from_guest_output(objects).is_success());
+        let unclosed = "[".repeat(half);
+        let Outcome::Failed { error, .. } = Outcome::from_guest_output(unclosed) else {
+            panic!("an unclosed array is not JSON");
+        };
+        assert_eq!(error, INVALID_OUTPUT);
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_valid_output() {
+        // JavaScript's JSON.stringify writes these for a string holding one.
+        for output in [r#""\ud800""#, r#"{"s":"a\udc00b","t":["\ud83d"]}"#] {
+            assert!(
+                Outcome::from_guest_output(output.into()).is_success(),
+                "{output}"
+            );
+        }
+        // A number inside a string is no number: `"1e999"` is a string.
+        assert!(Outcome::from_guest_output(r#"["1e999", "\"1e999"]"#.into()).is_success());
+    }
+
+    #[test]
+    fn a_refused_outputs_excerpt_is_shown_as_json_text() {
+        let Outcome::Failed { cause, .. } =
+            Outcome::from_guest_output("line\u{2028}sep \"q\" {".into())
+        else {
+            panic!("not JSON");
+        };
+        assert!(
+            cause.contains("it began: \"line\u{2028}sep \\\"q\\\" {\""),
+            "{cause}"
+        );
+        assert!(!cause.contains("\\u{2028}"), "{cause}");
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub(crate) async fn run_task(
     let (stop, store) = match new_store(pre.engine(), setup) {
         Ok(mut store) => {
             phases.store = started.elapsed();
-            let stop = call_guest(pre, &mut store, &task, limits, &mut instantiated_at).await;
+            let stop = call_guest(pre, &mut store, &task, &mut instantiated_at).await;
             (stop, Some(store))
         }
         Err(err) => (RunStop::SetupFailed(err), None),
@@ -236,15 +236,8 @@ async fn call_guest(
     pre: &HandlerPre<TaskState>,
     store: &mut Store<TaskState>,
     task: &Task,
-    limits: &TaskLimits,
     instantiated_at: &mut Option<Instant>,
 ) -> RunStop {
-    let context = TaskContext {
-        activity_arn: task.activity_arn.to_string(),
-        worker_name: task.worker_name.to_string(),
-        task_id: task.task_id.clone(),
-        deadline_ms: limits.timeout.as_millis() as u64,
-    };
     let deadline = store.data().deadline();
     let cpu = store.data().cpu();
     let call = async {
@@ -252,7 +245,17 @@ async fn call_guest(
             Ok(handler) => handler,
             Err(err) => return RunStop::InstantiationError(err),
         };
-        *instantiated_at = Some(Instant::now());
+        let now = Instant::now();
+        *instantiated_at = Some(now);
+        // What is left of the timeout now, after the store, any wait for a CPU turn and the
+        // instantiation: the time the guest really has.
+        let context = TaskContext {
+            activity_arn: task.activity_arn.to_string(),
+            worker_name: task.worker_name.to_string(),
+            task_id: task.task_id.clone(),
+            deadline_ms: u64::try_from(deadline.saturating_duration_since(now).as_millis())
+                .unwrap_or(u64::MAX),
+        };
         match handler
             .call_handle(&mut *store, &task.input, &context)
             .await

@@ -1,7 +1,7 @@
 //! The worker's metrics and health, served on one listener (`[worker] metrics_addr`):
 //! `/metrics` in the Prometheus/OpenMetrics text format, `/healthz` (the process serves) and
-//! `/readyz` (every activity's component is loaded and its first poll answered; not while
-//! draining). Label values are bounded: activity ARNs from the config, operation names,
+//! `/readyz` (every activity's component is loaded and it is polling: a poll answered, or
+//! open for a second without an error; not while draining). Label values are bounded: activity ARNs from the config, operation names,
 //! error kinds, and task errors reduced to the outcome table's names plus `guest`.
 
 use crate::sandbox::outcome::WORKER_ERRORS;
@@ -305,8 +305,9 @@ fn resident_memory() -> Option<i64> {
 
 /// What `/readyz` answers from.
 pub struct Readiness {
-    /// One flag per activity served now, set when its first poll was answered.
-    first_poll_answered: RwLock<Vec<Arc<AtomicBool>>>,
+    /// One flag per activity served now, set once a poll of it was answered or stayed open
+    /// for a second without an error.
+    polling: RwLock<Vec<Arc<AtomicBool>>>,
     /// Cancelled when the worker starts draining.
     draining: CancellationToken,
 }
@@ -315,14 +316,15 @@ impl Readiness {
     /// Not ready from the moment `draining` is cancelled.
     pub fn new(draining: CancellationToken) -> Readiness {
         Readiness {
-            first_poll_answered: RwLock::default(),
+            polling: RwLock::default(),
             draining,
         }
     }
 
-    /// The activities served from now on: ready once each one's first poll was answered.
-    pub fn serve(&self, first_poll_answered: Vec<Arc<AtomicBool>>) {
-        *self.first_poll_answered.write().unwrap() = first_poll_answered;
+    /// The activities served from now on: ready once each one is polling (a poll answered,
+    /// or open for a second without an error).
+    pub fn serve(&self, polling: Vec<Arc<AtomicBool>>) {
+        *self.polling.write().unwrap() = polling;
     }
 
     fn check(&self) -> Result<(), &'static str> {
@@ -331,13 +333,13 @@ impl Readiness {
             return Err("draining");
         }
         if !self
-            .first_poll_answered
+            .polling
             .read()
             .unwrap()
             .iter()
             .all(|answered| answered.load(Ordering::Relaxed))
         {
-            return Err("waiting for every activity's first poll");
+            return Err("waiting for every activity's first poll to be accepted");
         }
         Ok(())
     }

@@ -86,8 +86,9 @@ struct Activity {
     slots: Arc<Semaphore>,
     /// Set when Step Functions says the activity does not exist: its pollers stop.
     stopped: AtomicBool,
-    /// Set when a poll of the activity was first answered (readiness).
-    first_poll_answered: Arc<AtomicBool>,
+    /// Set once a poll of the activity was answered, or stayed open without an error for a
+    /// second (readiness).
+    polling: Arc<AtomicBool>,
 }
 
 impl Activity {
@@ -443,7 +444,7 @@ impl Serving {
                         slots: Arc::new(Semaphore::new(0)),
                         spec: RwLock::new(spec.clone()),
                         stopped: AtomicBool::new(false),
-                        first_poll_answered: Arc::default(),
+                        polling: Arc::default(),
                     });
                     self.slot_pool
                         .resize(&activity.slots, 0, spec.config.max_concurrency);
@@ -470,7 +471,7 @@ impl Serving {
         self.readiness.serve(
             self.activities
                 .values()
-                .map(|served| served.activity.first_poll_answered.clone())
+                .map(|served| served.activity.polling.clone())
                 .collect(),
         );
     }

@@ -15,6 +15,11 @@ use tokio_util::task::TaskTracker;
 /// Backoff after a failed poll: first retry within 0.1–0.2 s, at most 30 s apart.
 const POLL_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
 
+/// How long a poll must stay open without an error for its activity to count as polling
+/// (readiness) before any poll is answered: Step Functions refuses an unknown activity or a
+/// bad credential at once, and an idle activity's poll is held for up to 60 s.
+const POLL_HELD_OPEN: Duration = Duration::from_secs(1);
+
 /// Polls for `activity` until `stop` (shutdown, the activity removed or this poller retired
 /// by a reload), or until Step Functions says the activity does not exist. A poll in flight
 /// is not aborted by `stop` (a task it brings must run, not be lost until its timeout); only
@@ -42,9 +47,18 @@ pub(crate) async fn poll_loop(
         free_slots.set(slots.available_permits() as i64);
         open_polls.inc();
         let client = activity.spec().client.clone();
-        let polled = tokio::select! {
-            polled = client.poll(&activity.arn, &shared.worker_name) => Some(polled),
-            _ = shared.hurry.cancelled() => None,
+        let poll = client.poll(&activity.arn, &shared.worker_name);
+        tokio::pin!(poll);
+        let held_open = tokio::time::sleep(POLL_HELD_OPEN);
+        tokio::pin!(held_open);
+        let polled = loop {
+            tokio::select! {
+                polled = &mut poll => break Some(polled),
+                _ = &mut held_open, if !activity.polling.load(Ordering::Relaxed) => {
+                    activity.polling.store(true, Ordering::Relaxed);
+                }
+                _ = shared.hurry.cancelled() => break None,
+            }
         };
         open_polls.dec();
         let Some(polled) = polled else {
@@ -56,7 +70,7 @@ pub(crate) async fn poll_loop(
         match polled {
             Ok(received) => {
                 bump(&shared.stats.polls);
-                activity.first_poll_answered.store(true, Ordering::Relaxed);
+                activity.polling.store(true, Ordering::Relaxed);
                 if backoff.attempts() > 0 {
                     tracing::info!(activity = %activity.arn, failed_polls = backoff.attempts(), "polling recovered");
                     backoff.reset();
@@ -94,6 +108,10 @@ pub(crate) async fn poll_loop(
             }
             Err(err) => {
                 bump(&shared.stats.poll_errors);
+                if matches!(err, ApiError::Rejected(_)) {
+                    // Access denied, a bad credential...: not polling until a poll is accepted.
+                    activity.polling.store(false, Ordering::Relaxed);
+                }
                 drop(permit);
                 let delay = backoff.next_delay();
                 if backoff.attempts() == 1 {

@@ -17,13 +17,24 @@ pub const REPORT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts the SDK makes per call (standard retry mode: backoff, retry quota).
 pub const SDK_MAX_ATTEMPTS: u32 = 3;
 
-/// A task handed out by GetActivityTask.
-#[derive(Debug, Clone)]
+/// A task handed out by GetActivityTask. Its `Debug` shows the [`task_id`], never the
+/// token: the token is a credential to report on the task.
+#[derive(Clone)]
 pub struct ActivityTask {
     /// The token that reports on the task; never shown to guests.
     pub token: String,
     /// The task's JSON input.
     pub input: String,
+}
+
+impl std::fmt::Debug for ActivityTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivityTask")
+            .field("task_id", &self.task_id())
+            .field("token", &"<redacted>")
+            .field("input_bytes", &self.input.len())
+            .finish()
+    }
 }
 
 impl ActivityTask {
@@ -297,5 +308,24 @@ impl SfnClient {
             .await
             .map(drop)
             .map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_formatted_for_a_log_shows_no_token() {
+        let token = "AAAAKgAAAAIAAAAAAAAAAX0secret-task-token-7f3a";
+        let task = ActivityTask {
+            token: token.to_string(),
+            input: r#"{"order":1}"#.to_string(),
+        };
+        for text in [format!("{task:?}"), format!("{task:#?}")] {
+            assert!(!text.contains(token), "{text}");
+            assert!(!text.contains("secret-task-token"), "{text}");
+            assert!(text.contains(&task_id(token)), "{text}");
+        }
     }
 }

@@ -155,6 +155,8 @@ struct Inner {
     poll_signers: HashMap<String, Vec<String>>,
     /// Roles assumed through the fake STS: (role ARN, external id).
     assumed_roles: Vec<(String, Option<String>)>,
+    /// Access key ids whose calls are refused as AWS refuses an unknown key.
+    refused_keys: Vec<String>,
     queues: HashMap<String, VecDeque<String>>,
     tasks: HashMap<String, TaskRecord>,
     faults: HashMap<Op, VecDeque<Fault>>,
@@ -401,6 +403,13 @@ impl FakeSfn {
             .unwrap_or_default()
     }
 
+    /// From now on, refuses every call signed with `access_key_id` as AWS refuses an unknown
+    /// key (400 `UnrecognizedClientException`).
+    pub fn refuse_access_key(&self, access_key_id: &str) {
+        let mut inner = self.state.inner.lock().unwrap();
+        inner.refused_keys.push(access_key_id.to_string());
+    }
+
     /// The roles assumed through the fake's STS: (role ARN, external id).
     pub fn assumed_roles(&self) -> Vec<(String, Option<String>)> {
         self.state.inner.lock().unwrap().assumed_roles.clone()
@@ -583,6 +592,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         );
     };
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if state.inner.lock().unwrap().refused_keys.contains(&signer) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        );
+    }
     record_signer(&state, op, &body, signer);
     let fault = {
         let mut inner = state.inner.lock().unwrap();

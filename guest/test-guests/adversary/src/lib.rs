@@ -158,13 +158,20 @@ fn recurse(depth: u64) -> u64 {
 }
 
 /// Implements the world by hand (not with `export_handler!`) so that it can also return
-/// `ok` text that is not JSON, which the SDK never produces.
+/// `ok` text the SDK never produces: text that is not JSON (`non-json`), or exactly the
+/// input's `"text"` (`raw-output`: JSON the SDK would write otherwise, e.g. a lone surrogate
+/// escape or a nesting deeper than serde_json's recursion limit).
 struct Adversary;
 
 impl bindings::Guest for Adversary {
     fn handle(input: String, context: bindings::TaskContext) -> Result<String, bindings::TaskError> {
         if input.contains("\"non-json\"") {
             return Ok("this is { not json".to_string());
+        }
+        if input.contains("\"raw-output\"") {
+            if let Ok(request) = sfn_activity_guest::serde_json::from_str::<Value>(&input) {
+                return Ok(request["text"].as_str().unwrap_or_default().to_string());
+            }
         }
         sfn_activity_guest::run_handler(handle, input, context)
     }

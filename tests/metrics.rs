@@ -59,7 +59,12 @@ async fn metrics_count_a_scripted_run_and_readiness_follows_the_drain() {
         },
         activities: vec![ActivityConfig::new(arn.clone(), guest_path("adversary"))],
     };
-    let worker = Worker::new(runtime(), &config, SfnClient::new(&fake.sdk_config().await)).unwrap();
+    let worker = Worker::new(
+        runtime(),
+        &config.validate().unwrap(),
+        SfnClient::new(&fake.sdk_config().await),
+    )
+    .unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
 
@@ -182,7 +187,12 @@ async fn a_metrics_address_in_use_is_refused_before_any_poll() {
         },
         activities: vec![ActivityConfig::new(arn.clone(), guest_path("rust-order"))],
     };
-    let worker = Worker::new(runtime(), &config, SfnClient::new(&fake.sdk_config().await)).unwrap();
+    let worker = Worker::new(
+        runtime(),
+        &config.validate().unwrap(),
+        SfnClient::new(&fake.sdk_config().await),
+    )
+    .unwrap();
     let err = worker.run(CancellationToken::new()).await.unwrap_err();
     assert!(format!("{err:#}").contains("metrics_addr"), "{err:#}");
     assert_eq!(fake.open_polls(&arn), 0);
@@ -296,5 +306,76 @@ async fn a_worker_with_a_wrong_activity_arn_or_bad_credentials_is_never_ready() 
         );
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+}
+
+/// A task token is a credential: at the most verbose log level, through tasks that succeed,
+/// fail, log and heartbeat, no log line and no metric holds one (only its task id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_task_token_is_in_any_log_line_or_metric_even_at_trace_level() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("tokens");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmetrics_addr = \"{addr}\"\n\
+             drain_timeout = \"5s\"\n\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n\
+             heartbeat_interval = \"1s\"\n",
+            fake.endpoint,
+            guest_path("adversary").display()
+        ),
+    )
+    .unwrap();
+    let mut child = worker_command()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SFN_WASM_WORKER_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read as it is written: a full pipe would stop the worker.
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut log).unwrap();
+        String::from_utf8_lossy(&log).into_owned()
+    });
+    let inputs = [
+        json!({"behaviour": "echo"}),
+        json!({"behaviour": "fail", "error": "Test.Failure"}),
+        json!({"behaviour": "log"}),
+        json!({"behaviour": "heartbeat", "beats": 2}),
+        json!({"behaviour": "panic"}),
+    ];
+    let tokens: Vec<String> = inputs
+        .iter()
+        .map(|input| fake.enqueue(&arn, &input.to_string()))
+        .collect();
+    for token in &tokens {
+        fake.wait_for_result(token, WAIT).await;
+    }
+    let (_, metrics) = get(addr, "/metrics").await;
+    send_signal("TERM", child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = log.join().unwrap();
+    assert!(
+        log.lines().count() > 50,
+        "the trace log is too short to mean anything:\n{log}"
+    );
+    for token in &tokens {
+        // The fake's tokens end in 64 x's after their number: look for the whole token and
+        // for its distinctive start.
+        let start = &token[..token.len() - 60];
+        for (what, text) in [("log", &*log), ("metrics", metrics.as_str())] {
+            assert!(!text.contains(start), "a task token in the {what}:\n{text}");
+        }
+        assert!(
+            log.contains(&sfn_wasm_worker::worker::sfn::task_id(token)),
+            "no task id in the log"
+        );
     }
 }

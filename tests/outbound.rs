@@ -342,7 +342,12 @@ async fn two_activities_in_one_worker_cannot_use_each_others_grants() {
         },
         activities: vec![activity(&arn_a, &first), activity(&arn_b, &second)],
     };
-    let worker = Worker::new(runtime(), &config, SfnClient::new(&fake.sdk_config().await)).unwrap();
+    let worker = Worker::new(
+        runtime(),
+        &config.validate().unwrap(),
+        SfnClient::new(&fake.sdk_config().await),
+    )
+    .unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
     let call = |arn: &str, service: &HttpService| {

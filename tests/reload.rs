@@ -10,7 +10,7 @@ use common::*;
 use serde_json::{json, Value};
 use sfn_fake::{FakeSfn, TaskState};
 use sfn_wasm_worker::config::Config;
-use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
+use sfn_wasm_worker::sandbox::engine::CacheSetting;
 use sfn_wasm_worker::sandbox::Runtime;
 use sfn_wasm_worker::worker::metrics::{Metrics, ResultLabel};
 use sfn_wasm_worker::worker::sfn::ActivityClients;
@@ -93,14 +93,9 @@ async fn reload_under_load_swaps_versions_refuses_what_cannot_apply_and_loses_no
     let config_path = dir.path().join("worker.toml");
     let pool = "pool_tasks = 12";
     write_config(&config_path, pool, &[(&a, "a.wasm", 4), (&c, "c.wasm", 4)]);
-    let config = Config::load(&config_path).unwrap();
+    let config = Config::load(&config_path).unwrap().validate().unwrap();
     let runtime = Arc::new(
-        Runtime::new(&EngineSettings {
-            max_concurrent_tasks: config.pool_tasks(),
-            max_memory_bytes: config.pool_memory_limit(),
-            cache: CacheSetting::Directory(cache_dir()),
-        })
-        .unwrap(),
+        Runtime::new(&config.engine_settings(CacheSetting::Directory(cache_dir()))).unwrap(),
     );
     let clients = ActivityClients::new(fake.sdk_config().await);
     let mut worker = Worker::new(&runtime, &config, clients.own()).unwrap();

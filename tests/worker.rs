@@ -43,7 +43,8 @@ impl RunningWorker {
             activities,
         };
         let client = SfnClient::new(&fake.sdk_config().await);
-        let worker = Worker::new(runtime(), &config, client).expect("starting the worker");
+        let worker = Worker::new(runtime(), &config.validate().unwrap(), client)
+            .expect("starting the worker");
         let stats = worker.stats();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(worker.run(shutdown.clone()));

@@ -65,7 +65,7 @@ async fn localstack_run(rust_guest: &Guest, executions: usize, port: &str) -> Re
         activities: vec![activity],
     };
     let handler: Arc<dyn TaskHandler> = Arc::new(rust_guest.clone());
-    let worker = Worker::with_handlers(&config, vec![handler], SfnClient::new(&sdk))?;
+    let worker = Worker::with_handlers(&config.validate()?, vec![handler], SfnClient::new(&sdk))?;
     let stats = worker.stats();
     let shutdown = CancellationToken::new();
     let cpu_before = process_cpu_time();

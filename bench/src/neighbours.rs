@@ -117,7 +117,11 @@ async fn measure(
         },
         activities: vec![a, b],
     };
-    let worker = Worker::new(runtime, &config, SfnClient::new(&fake.sdk_config().await))?;
+    let worker = Worker::new(
+        runtime,
+        &config.validate()?,
+        SfnClient::new(&fake.sdk_config().await),
+    )?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
 

@@ -200,7 +200,7 @@ async fn worker_run(
     };
     let timed = Arc::new(TimedHandler::new(handler));
     let worker = Worker::with_handlers(
-        &config,
+        &config.validate()?,
         vec![timed.clone()],
         SfnClient::new(&fake.sdk_config().await),
     )?;

@@ -314,22 +314,18 @@ fn run_config(args: &RunArgs) -> Result<Config> {
 }
 
 async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
-    let config = run_config(&args)?;
+    let source = || match &args.config {
+        Some(path) => format!("config file {}", path.display()),
+        None => "the --activity-arn flags".to_string(),
+    };
+    let config = run_config(&args)?.validate().with_context(source)?;
     let cache = CacheSetting::resolve(
         global.no_cache,
         global.cache_dir.clone().or(config.worker.cache_dir.clone()),
     );
-    let runtime = Arc::new(Runtime::new(&EngineSettings {
-        max_concurrent_tasks: config.pool_tasks(),
-        max_memory_bytes: config.pool_memory_limit(),
-        cache,
-    })?);
+    let runtime = Arc::new(Runtime::new(&config.engine_settings(cache))?);
     let clients = ActivityClients::new(sfn::load_sdk_config(&config.worker).await);
-    let mut worker =
-        Worker::new(&runtime, &config, clients.own()).with_context(|| match &args.config {
-            Some(path) => format!("config file {}", path.display()),
-            None => "the --activity-arn flags".to_string(),
-        })?;
+    let mut worker = Worker::new(&runtime, &config, clients.own()).with_context(source)?;
     for activity in &config.activities {
         if activity.role_arn.is_some() {
             worker.use_client_for(&activity.arn, clients.for_activity(activity).await)?;
@@ -375,7 +371,8 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let limits = activity.limits();
     let runtime = one_task_runtime(global, limits.memory_limit)?;
     let guest = runtime.load(&activity.component)?;
-    guest.check_start_up(&activity.arn, &limits, &activity.grants())?;
+    let grants = activity.grants();
+    guest.check_start_up(&activity.arn, &limits, &grants)?;
     let heartbeat = Arc::new(CountingHeartbeat::default());
     let task = Task {
         input,
@@ -389,7 +386,7 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         heartbeat: heartbeat.clone(),
         interrupt: Interrupt::default(),
     };
-    let (end, stats) = guest.run(task, &limits, &activity.grants()).await;
+    let (end, stats) = guest.run(task, &limits, &grants).await;
     for (stream, tail) in [
         ("stdout", &stats.stdout_tail),
         ("stderr", &stats.stderr_tail),

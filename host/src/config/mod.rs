@@ -9,6 +9,7 @@
 pub mod units;
 
 use crate::sandbox::cpu_share::CpuShare;
+use crate::sandbox::engine::{CacheSetting, EngineSettings};
 use crate::sandbox::outbound::policy::AllowedOrigin;
 use crate::sandbox::outbound::{OutboundGrant, OutboundLimits};
 use crate::sandbox::{Grants, TaskLimits};
@@ -217,7 +218,8 @@ impl ActivityConfig {
     }
 
     /// The capabilities granted to the guest. Each call makes a new outbound grant (with its
-    /// own in-flight bound): call it once per activity.
+    /// own in-flight bound): call it once per activity and use the result for its start-up
+    /// check and its tasks alike.
     pub fn grants(&self) -> Grants {
         Grants {
             env: self.env.clone().into_iter().collect(),
@@ -227,6 +229,31 @@ impl ActivityConfig {
                 self.allowed_outbound_hosts.clone().into(),
                 self.outbound_limits(),
             )),
+        }
+    }
+}
+
+/// A configuration that passed [`Config::validate`]: what the engine is sized from and what
+/// a [`crate::worker::Worker`] serves. Reads as the [`Config`] it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidConfig(Config);
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl ValidConfig {
+    /// The engine this configuration needs: its pool of sandboxes, and compiled components
+    /// kept as `cache` says.
+    pub fn engine_settings(&self, cache: CacheSetting) -> EngineSettings {
+        EngineSettings {
+            max_concurrent_tasks: self.pool_tasks(),
+            max_memory_bytes: self.pool_memory_limit(),
+            cache,
         }
     }
 }
@@ -258,9 +285,15 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: at least one activity, well-formed unique ARNs, files that
-    /// exist, bounds on concurrency and pollers.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks what serde cannot (at least one activity, well-formed unique ARNs, files that
+    /// exist, bounds on concurrency, pollers and the pool) and returns the configuration as
+    /// the one type the engine is sized from and a worker serves.
+    pub fn validate(self) -> Result<ValidConfig> {
+        self.check()?;
+        Ok(ValidConfig(self))
+    }
+
+    fn check(&self) -> Result<()> {
         if self.activities.is_empty() {
             bail!("no activities: add an [[activity]] table with `arn` and `component`");
         }
@@ -534,7 +567,7 @@ mod tests {
             "#,
         );
         let config = Config::load(&path).unwrap();
-        config.validate().unwrap();
+        let config = config.validate().unwrap();
         let activity = &config.activities[0];
         assert_eq!(activity.component, dir.path().join("orders.wasm"));
         assert_eq!(activity.limits().timeout, Duration::from_secs(30));

@@ -72,7 +72,7 @@ pub fn build_engine(settings: &EngineSettings) -> Result<Engine> {
     let mut config = base_config();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
         settings,
-    )));
+    )?));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),
         Err(err) => {
@@ -102,18 +102,26 @@ fn base_config() -> Config {
     config
 }
 
-fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
+/// The pool for `settings`: per task slot, exactly what one task's store may create.
+fn pooling_config(settings: &EngineSettings) -> Result<PoolingAllocationConfig> {
     let tasks = settings.max_concurrent_tasks.max(1);
+    let per_task = |each: u32, what: &str| {
+        tasks.checked_mul(each).with_context(|| {
+            format!(
+                "a pool of {tasks} tasks needs more {what} than a u32 counts: reserve fewer tasks"
+            )
+        })
+    };
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(tasks)
         .total_stacks(tasks)
         .max_core_instances_per_component(CORE_INSTANCES_PER_TASK)
-        .total_core_instances(tasks * CORE_INSTANCES_PER_TASK)
+        .total_core_instances(per_task(CORE_INSTANCES_PER_TASK, "core instances")?)
         .max_memories_per_component(MEMORIES_PER_TASK)
-        .total_memories(tasks * MEMORIES_PER_TASK)
+        .total_memories(per_task(MEMORIES_PER_TASK, "memories")?)
         .max_tables_per_component(TABLES_PER_TASK)
         .max_tables_per_module(TABLES_PER_MODULE)
-        .total_tables(tasks * TABLES_PER_TASK)
+        .total_tables(per_task(TABLES_PER_TASK, "tables")?)
         .table_elements(TABLE_ELEMENTS)
         .max_memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
         .max_core_instance_size(CORE_INSTANCE_METADATA_BYTES)
@@ -125,7 +133,7 @@ fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
-    pool
+    Ok(pool)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated OS thread, so that even a

@@ -29,7 +29,7 @@ pub use reload::{ReloadSource, ReloadTrigger};
 pub use report::REPORT_DEADLINE;
 pub use stats::{StatsSnapshot, WorkerStats};
 
-use crate::config::{ActivityConfig, Config};
+use crate::config::{ActivityConfig, ValidConfig};
 use crate::sandbox::{Grants, Guest, Runtime, TaskHandler, TaskLimits};
 use anyhow::{bail, Context as _, Result};
 use metrics::{activity_label, Metrics, Readiness};
@@ -60,15 +60,18 @@ pub(crate) struct ActivitySpec {
 }
 
 impl ActivitySpec {
+    /// The spec of `config`'s tasks; `grants` are built once for the activity (by
+    /// [`ActivityConfig::grants`]) and are those its component's start-up was tried under.
     fn new(
         config: ActivityConfig,
         client: SfnClient,
         handler: Arc<dyn TaskHandler>,
         loaded: Option<(Guest, FileStamp)>,
+        grants: Grants,
     ) -> ActivitySpec {
         ActivitySpec {
             limits: config.limits(),
-            grants: config.grants(),
+            grants,
             config,
             client,
             handler,
@@ -112,7 +115,7 @@ struct Shared {
 /// The worker: activities with loaded components, a Step Functions client, counters.
 pub struct Worker {
     /// The configuration it serves (a reload starts from it).
-    config: Config,
+    config: ValidConfig,
     /// Each activity's spec, in `config` order.
     specs: Vec<Arc<ActivitySpec>>,
     /// Tasks the engine reserved sandboxes for: the activities' slots never add up to more.
@@ -131,31 +134,23 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Validates `config`, then loads and checks every activity's component with `runtime`;
-    /// fails before any poll if one does not load, naming the activity.
-    pub fn new(runtime: &Runtime, config: &Config, client: SfnClient) -> Result<Worker> {
-        config.validate()?;
-        let mut loaded = Vec::new();
+    /// Loads and checks every activity's component with `runtime`; fails before any poll if
+    /// one does not load, naming the activity.
+    pub fn new(runtime: &Runtime, config: &ValidConfig, client: SfnClient) -> Result<Worker> {
+        let mut specs = Vec::new();
         let mut load_seconds = Vec::new();
         for activity in &config.activities {
-            let (guest, stamp, seconds) = reload::load_stamped(runtime, activity)?;
+            let grants = activity.grants();
+            let (guest, stamp, seconds) = reload::load_stamped(runtime, activity, &grants)?;
             load_seconds.push(seconds);
-            loaded.push((guest, stamp));
+            specs.push(ActivitySpec::new(
+                activity.clone(),
+                client.clone(),
+                Arc::new(guest.clone()),
+                Some((guest, stamp)),
+                grants,
+            ));
         }
-        let specs = config
-            .activities
-            .iter()
-            .zip(loaded)
-            .map(|(activity, (guest, stamp))| {
-                let handler: Arc<dyn TaskHandler> = Arc::new(guest.clone());
-                ActivitySpec::new(
-                    activity.clone(),
-                    client.clone(),
-                    handler,
-                    Some((guest, stamp)),
-                )
-            })
-            .collect();
         let worker = Worker::from_specs(config, specs, runtime.settings().max_concurrent_tasks)?;
         for (activity, seconds) in config.activities.iter().zip(load_seconds) {
             worker
@@ -170,7 +165,7 @@ impl Worker {
     /// A worker whose activities (in `config` order) run their tasks with `handlers`
     /// instead of their components: how benchmarks measure the worker's own ceiling.
     pub fn with_handlers(
-        config: &Config,
+        config: &ValidConfig,
         handlers: Vec<Arc<dyn TaskHandler>>,
         client: SfnClient,
     ) -> Result<Worker> {
@@ -186,13 +181,18 @@ impl Worker {
             .iter()
             .zip(handlers)
             .map(|(activity, handler)| {
-                ActivitySpec::new(activity.clone(), client.clone(), handler, None)
+                let grants = activity.grants();
+                ActivitySpec::new(activity.clone(), client.clone(), handler, None, grants)
             })
             .collect();
         Worker::from_specs(config, specs, config.pool_tasks())
     }
 
-    fn from_specs(config: &Config, specs: Vec<ActivitySpec>, pool_tasks: u32) -> Result<Worker> {
+    fn from_specs(
+        config: &ValidConfig,
+        specs: Vec<ActivitySpec>,
+        pool_tasks: u32,
+    ) -> Result<Worker> {
         if config.total_concurrency() > pool_tasks {
             bail!(
                 "the activities' max_concurrency adds up to {} but the engine has sandboxes for \

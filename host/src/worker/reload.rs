@@ -8,8 +8,8 @@
 //! memory than the engine reserved), refuses the whole reload with a log line naming the
 //! reason, and the running state keeps serving.
 
-use crate::config::{ActivityConfig, Config};
-use crate::sandbox::{Guest, Runtime};
+use crate::config::{ActivityConfig, Config, ValidConfig};
+use crate::sandbox::{Grants, Guest, Runtime};
 use crate::worker::metrics::{activity_label, Metrics};
 use crate::worker::sfn::ActivityClients;
 use crate::worker::ActivitySpec;
@@ -101,18 +101,20 @@ impl FileStamp {
 }
 
 /// Loads `activity`'s component with `runtime`, tries its start-up under the activity's
-/// limits and grants, and stamps its file; returns both and the
-/// seconds it took. The error names the activity and its `component` key.
+/// limits and `grants` (the very grants its tasks will run with), and stamps its file;
+/// returns both and the seconds it took. The error names the activity and its `component`
+/// key.
 pub(crate) fn load_stamped(
     runtime: &Runtime,
     activity: &ActivityConfig,
+    grants: &Grants,
 ) -> Result<(Guest, FileStamp, f64)> {
     let loading = Instant::now();
     let path = &activity.component;
     let (guest, stamp) = FileStamp::of(path)
         .and_then(|stamp| {
             let guest = runtime.load(path)?;
-            guest.check_start_up(&activity.arn, &activity.limits(), &activity.grants())?;
+            guest.check_start_up(&activity.arn, &activity.limits(), grants)?;
             Ok((guest, stamp))
         })
         .with_context(|| format!("activity {}: key `component`", activity.arn))?;
@@ -124,11 +126,12 @@ pub(crate) fn load_stamped(
 pub(crate) async fn load_component(
     runtime: &Arc<Runtime>,
     activity: &ActivityConfig,
+    grants: &Grants,
     metrics: &Metrics,
 ) -> Result<(Guest, FileStamp)> {
-    let (runtime, config) = (runtime.clone(), activity.clone());
+    let (runtime, config, grants) = (runtime.clone(), activity.clone(), grants.clone());
     let (guest, stamp, seconds) =
-        tokio::task::spawn_blocking(move || load_stamped(&runtime, &config))
+        tokio::task::spawn_blocking(move || load_stamped(&runtime, &config, &grants))
             .await
             .context("the component loading thread panicked")??;
     metrics
@@ -141,7 +144,7 @@ pub(crate) async fn load_component(
 /// The state a reload starts from and produces: the configuration and each activity's spec,
 /// in the configuration's order.
 pub(crate) struct Served {
-    pub(crate) config: Config,
+    pub(crate) config: ValidConfig,
     pub(crate) specs: Vec<Arc<ActivitySpec>>,
 }
 
@@ -212,8 +215,7 @@ async fn prepare(
     let config = match reason {
         ReloadReason::Components => served.config.clone(),
         ReloadReason::Config => {
-            let config = (source.read_config)()?;
-            config.validate()?;
+            let config = (source.read_config)()?.validate()?;
             fits_the_running_engine(&config, &served.config, &source.runtime)?;
             config
         }
@@ -239,10 +241,11 @@ async fn prepare(
                 continue;
             }
         }
+        let grants = activity.grants();
         let loaded = match unchanged_component {
             Some(loaded) => loaded,
             None => {
-                let loaded = load_component(&source.runtime, activity, metrics).await?;
+                let loaded = load_component(&source.runtime, activity, &grants, metrics).await?;
                 tracing::info!(
                     activity = %activity.arn,
                     component = %activity.component.display(),
@@ -265,6 +268,7 @@ async fn prepare(
             client,
             Arc::new(loaded.0.clone()),
             Some(loaded),
+            grants,
         )));
     }
     let unchanged = specs.len() == served.specs.len()
@@ -277,7 +281,11 @@ async fn prepare(
 
 /// Refuses a configuration that the running engine or process cannot serve without a
 /// restart, saying why.
-fn fits_the_running_engine(config: &Config, running: &Config, runtime: &Runtime) -> Result<()> {
+fn fits_the_running_engine(
+    config: &ValidConfig,
+    running: &ValidConfig,
+    runtime: &Runtime,
+) -> Result<()> {
     if config.worker != running.worker {
         bail!(
             "the [worker] section changed; it applies on restart (put it back to reload the rest)"

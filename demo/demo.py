@@ -120,7 +120,7 @@ def main():
                     'max_concurrency = 4\npollers = 1\ntimeout = "10s"\nmemory_limit = "64MiB"\n\n'
                     f'[[activity]]\narn = "{fetch_activity_arn}"\n'
                     f'component = "{os.path.abspath(args.fetch_component)}"\n'
-                    f'timeout = "10s"\nallowed_outbound_hosts = ["{rates_origin}"]\n')
+                    f'timeout = "10s"\n[activity.outbound]\nallowed_hosts = ["{rates_origin}"]\n')
         log_path = os.path.join(work, "worker.log")
         with open(log_path, "w") as log:
             worker = subprocess.Popen([args.worker, "run", "--config", config], stderr=log)

@@ -205,7 +205,7 @@ fn check_says_whether_a_component_calls_out_over_http() {
         .lines()
         .find(|line| line.contains("wasi:http/outgoing-handler@0.2"))
         .unwrap_or_else(|| panic!("no wasi:http import listed: {text}"));
-    assert!(line.contains("allowed_outbound_hosts"), "{line}");
+    assert!(line.contains("[activity.outbound] allowed_hosts"), "{line}");
 
     let computes = guest_path("rust-order");
     let out = worker(&["check", computes.to_str().unwrap()], None);

@@ -83,10 +83,14 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     }
     // Only the fetch guest may call the local service.
     let fetch_table = format!("component = \"{}\"\n", guests[3].display());
-    config = config.replace(
-        &fetch_table,
+    let fetch_activity_end = config.find(&fetch_table).unwrap() + fetch_table.len();
+    let fetch_activity_end = config[fetch_activity_end..]
+        .find("\n[[activity]]")
+        .map_or(config.len(), |at| fetch_activity_end + at);
+    config.insert_str(
+        fetch_activity_end,
         &format!(
-            "{fetch_table}allowed_outbound_hosts = [\"{}\"]\n",
+            "\n[activity.outbound]\nallowed_hosts = [\"{}\"]\n",
             service.origin()
         ),
     );

@@ -1,5 +1,5 @@
 //! Outbound HTTP from guests (`wasi:http`), against a real HTTP service on 127.0.0.1: what an
-//! activity's `allowed_outbound_hosts` lets through, what it refuses (and that refused
+//! activity's `[activity.outbound] allowed_hosts` lets through, what it refuses (and that refused
 //! requests never reach the service), the protected addresses, and the limits.
 
 mod common;
@@ -332,7 +332,7 @@ async fn two_activities_in_one_worker_cannot_use_each_others_grants() {
     );
     let activity = |arn: &str, service: &HttpService| {
         let mut activity = ActivityConfig::new(arn.to_string(), guest_path("http-probe"));
-        activity.allowed_outbound_hosts = vec![service.origin().parse().unwrap()];
+        activity.capabilities.outbound.allowed_hosts = vec![service.origin().parse().unwrap()];
         activity
     };
     let config = Config {

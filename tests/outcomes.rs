@@ -9,6 +9,7 @@ use sfn_wasm_worker::sandbox::cpu_share::CpuShare;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::InterruptReason;
 use sfn_wasm_worker::sandbox::outcome::{self, MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
+use sfn_wasm_worker::sandbox::wasi::WasiGrant;
 use sfn_wasm_worker::sandbox::{Grants, Outcome, Runtime, TaskEnd, TaskLimits};
 use std::time::{Duration, Instant};
 
@@ -310,8 +311,10 @@ async fn granted_env_and_read_only_dir_are_visible() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("input.txt"), "granted text").unwrap();
     let grants = Grants {
-        env: vec![("REGION".into(), "eu-west-1".into())],
-        read_only_dirs: vec![(dir.path().to_path_buf(), "/data".into())],
+        wasi: WasiGrant {
+            env: vec![("REGION".into(), "eu-west-1".into())],
+            read_only_dirs: vec![(dir.path().to_path_buf(), "/data".into())],
+        },
         ..Grants::default()
     };
     let (read_file, _) =

@@ -470,7 +470,11 @@ async fn tenants_get_their_own_component_and_limits() {
     let tools = fake.create_activity("tenant-tools");
     let mut tight = activity(&tools, "adversary");
     tight.memory_limit = Some(sfn_wasm_worker::config::units::ByteSize(16 << 20));
-    tight.env.insert("TENANT".into(), "tools".into());
+    tight
+        .capabilities
+        .wasi
+        .env
+        .insert("TENANT".into(), "tools".into());
     let worker =
         RunningWorker::start(&fake, vec![activity(&orders, "rust-order"), tight], WAIT).await;
     let order_token = fake.enqueue(&orders, &order("G-1"));
@@ -509,11 +513,16 @@ async fn an_activity_sees_nothing_another_activity_in_the_process_was_granted() 
         }
     });
     let mut granted = activity(&granted_arn, "adversary");
-    granted.env.insert("SECRET".into(), "hunter2".into());
-    granted
+    let capabilities = &mut granted.capabilities;
+    capabilities
+        .wasi
+        .env
+        .insert("SECRET".into(), "hunter2".into());
+    capabilities
+        .wasi
         .read_only_dirs
         .insert(dir.path().to_path_buf(), "/data".into());
-    granted.allowed_outbound_hosts = vec![format!("http://127.0.0.1:{port}").parse().unwrap()];
+    capabilities.outbound.allowed_hosts = vec![format!("http://127.0.0.1:{port}").parse().unwrap()];
     let mut bare = activity(&bare_arn, "adversary");
     (granted.max_concurrency, bare.max_concurrency) = (4, 4);
     let worker = RunningWorker::start(&fake, vec![granted, bare], WAIT).await;

@@ -109,7 +109,7 @@ async fn measure(
     b.pollers = 4;
     b.timeout = Some(HumanDuration(Duration::from_secs(2)));
     b.memory_limit = Some(ByteSize(64 << 20));
-    b.max_cores = b_max_cores;
+    b.capabilities.cpu.max_cores = b_max_cores;
     let config = Config {
         worker: WorkerSection {
             name: Some("neighbours".into()),

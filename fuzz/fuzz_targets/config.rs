@@ -6,7 +6,7 @@ use sfn_wasm_worker::config::Config;
 
 fuzz_target!(|text: &str| {
     if let Ok(config) = toml::from_str::<Config>(text) {
-        let _ = config.validate();
+        let _ = config.clone().validate();
         let _ = (
             config.pool_tasks(),
             config.pool_memory_limit(),
@@ -15,8 +15,9 @@ fuzz_target!(|text: &str| {
         for activity in &config.activities {
             let _ = (
                 activity.limits(),
-                activity.outbound_limits(),
-                activity.max_cores(),
+                activity.capabilities.outbound.limits(),
+                activity.capabilities.cpu.max_cores(),
+                activity.grants(),
             );
         }
     }

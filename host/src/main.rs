@@ -296,7 +296,7 @@ fn run_config(args: &RunArgs) -> Result<Config> {
             activity.timeout = Some(args.limits.timeout);
             activity.memory_limit = Some(args.limits.memory_limit);
             activity.heartbeat_interval = args.heartbeat_interval;
-            activity.allowed_outbound_hosts = args.allow_outbound.clone();
+            activity.capabilities.outbound.allowed_hosts = args.allow_outbound.clone();
             Config {
                 worker: Default::default(),
                 activities: vec![activity],
@@ -365,9 +365,9 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let mut activity = ActivityConfig::new(args.activity_arn, args.component);
     activity.timeout = Some(args.limits.timeout);
     activity.memory_limit = Some(args.limits.memory_limit);
-    activity.env = args.env.into_iter().collect();
-    activity.read_only_dirs = args.dirs.into_iter().collect();
-    activity.allowed_outbound_hosts = args.allow_outbound;
+    activity.capabilities.wasi.env = args.env.into_iter().collect();
+    activity.capabilities.wasi.read_only_dirs = args.dirs.into_iter().collect();
+    activity.capabilities.outbound.allowed_hosts = args.allow_outbound;
     let limits = activity.limits();
     let runtime = one_task_runtime(global, limits.memory_limit)?;
     let guest = runtime.load(&activity.component)?;

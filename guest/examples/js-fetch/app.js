@@ -6,7 +6,7 @@
 // keeping the HTTP client (no `-d http`):
 //   esbuild app.js --bundle --format=esm --keep-names --external:'sfn:*' --outfile=bundle.js
 //   jco componentize bundle.js --wit ../../../wit -n handler-http -d fetch-event -o js-fetch.wasm
-// and allow the service's origin in the activity's `allowed_outbound_hosts`.
+// and allow the service's origin in the activity's `[activity.outbound] allowed_hosts`.
 import { handler, TaskError } from "../../kits/js/sfn-activity.js";
 
 export const handle = handler(async (request, ctx) => {

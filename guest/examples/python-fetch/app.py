@@ -4,7 +4,7 @@ The fetch contract (guest/examples/README.md), with the Python kit and the stand
 HTTP client (`wasi:http/outgoing-handler`) used directly, blocking. Build against the
 `handler-http` world:
     componentize-py -d wit -w handler-http componentize app -p guest/examples/python-fetch -p guest/kits/python -o python-fetch.wasm
-and allow the service's origin in the activity's `allowed_outbound_hosts`.
+and allow the service's origin in the activity's `[activity.outbound] allowed_hosts`.
 """
 import json
 from urllib.parse import urlsplit

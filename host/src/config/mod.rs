@@ -8,16 +8,12 @@
 
 pub mod units;
 
-use crate::sandbox::cpu_share::CpuShare;
 use crate::sandbox::engine::{CacheSetting, EngineSettings};
-use crate::sandbox::outbound::policy::AllowedOrigin;
-use crate::sandbox::outbound::{OutboundGrant, OutboundLimits};
-use crate::sandbox::{Grants, TaskLimits};
+use crate::sandbox::{CapabilitySettings, Grants, TaskLimits};
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use units::{ByteSize, HumanDuration};
 
@@ -90,9 +86,10 @@ pub struct WorkerSection {
     pub watch_components: Option<bool>,
 }
 
-/// `[[activity]]`: one activity and the component that handles its tasks.
+/// `[[activity]]`: one activity, the component that handles its tasks, and one table per
+/// capability it grants ([`crate::sandbox::capability`]). A key that is neither the
+/// activity's own nor a capability's table is refused (a moved one naming its table).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ActivityConfig {
     /// The activity's ARN: `arn:aws:states:REGION:ACCOUNT:activity:NAME`.
     pub arn: String,
@@ -109,39 +106,16 @@ pub struct ActivityConfig {
     pub timeout: Option<HumanDuration>,
     /// Linear-memory cap per task (default 128MiB).
     pub memory_limit: Option<ByteSize>,
-    /// Guests of this activity executing at once while one of them has run past 10 ms
-    /// (default: the machine's cores minus one, at least 1): a tenant's spinning guests leave
-    /// the other tenants and the worker's own calls a core.
-    pub max_cores: Option<u32>,
     /// Send SendTaskHeartbeat for every in-flight task at this interval (default: off).
     pub heartbeat_interval: Option<HumanDuration>,
-    /// Environment variables granted to the guest.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Host directories the guest may read: host path → path inside the guest.
-    #[serde(default)]
-    pub read_only_dirs: BTreeMap<PathBuf, String>,
-    /// Origins the guest may send HTTP requests to: `scheme://host[:port]`, with `*.`
-    /// subdomain wildcards (default: none).
-    #[serde(default)]
-    pub allowed_outbound_hosts: Vec<AllowedOrigin>,
-    /// Time an outbound request may take to connect (default 5s).
-    pub outbound_connect_timeout: Option<HumanDuration>,
-    /// Time from an outbound request to its response's first byte (default 30s).
-    pub outbound_first_byte_timeout: Option<HumanDuration>,
-    /// Time a whole outbound request may take, never past the task's deadline (default 60s).
-    pub outbound_request_timeout: Option<HumanDuration>,
-    /// Bytes of an outbound response body a guest may read (default 10MiB).
-    pub max_response_bytes: Option<ByteSize>,
-    /// Outbound requests one task may send (default 100).
-    pub max_outbound_requests_per_task: Option<u32>,
-    /// Outbound requests of this activity's tasks in flight at once (default 64).
-    pub max_outbound_in_flight: Option<u32>,
     /// An IAM role to call Step Functions with for this activity (e.g. in a tenant's
     /// account), assumed with the worker's own credentials (default: the worker's own).
     pub role_arn: Option<String>,
     /// The external id the role's trust policy requires (with `role_arn`).
     pub external_id: Option<String>,
+    /// The capabilities' tables: `[activity.wasi]`, `[activity.outbound]`, ...
+    #[serde(flatten)]
+    pub capabilities: CapabilitySettings,
 }
 
 fn default_max_concurrency() -> u32 {
@@ -162,19 +136,10 @@ impl ActivityConfig {
             pollers: default_pollers(),
             timeout: None,
             memory_limit: None,
-            max_cores: None,
             heartbeat_interval: None,
-            env: BTreeMap::new(),
-            read_only_dirs: BTreeMap::new(),
-            allowed_outbound_hosts: Vec::new(),
-            outbound_connect_timeout: None,
-            outbound_first_byte_timeout: None,
-            outbound_request_timeout: None,
-            max_response_bytes: None,
-            max_outbound_requests_per_task: None,
-            max_outbound_in_flight: None,
             role_arn: None,
             external_id: None,
+            capabilities: CapabilitySettings::default(),
         }
     }
 
@@ -186,50 +151,11 @@ impl ActivityConfig {
         }
     }
 
-    /// Guests of the activity that may execute at once under load, with its default.
-    pub fn max_cores(&self) -> u32 {
-        self.max_cores.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            u32::try_from(cores.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
-        })
-    }
-
-    /// The limits on the guest's outbound requests, with their defaults.
-    pub fn outbound_limits(&self) -> OutboundLimits {
-        let defaults = OutboundLimits::default();
-        let duration = |value: Option<HumanDuration>, default| value.map_or(default, |d| d.0);
-        OutboundLimits {
-            connect_timeout: duration(self.outbound_connect_timeout, defaults.connect_timeout),
-            first_byte_timeout: duration(
-                self.outbound_first_byte_timeout,
-                defaults.first_byte_timeout,
-            ),
-            request_timeout: duration(self.outbound_request_timeout, defaults.request_timeout),
-            max_response_bytes: self
-                .max_response_bytes
-                .map_or(defaults.max_response_bytes, |b| b.0),
-            max_requests_per_task: self
-                .max_outbound_requests_per_task
-                .unwrap_or(defaults.max_requests_per_task),
-            max_in_flight: self
-                .max_outbound_in_flight
-                .unwrap_or(defaults.max_in_flight),
-        }
-    }
-
     /// The capabilities granted to the guest. Each call makes a new outbound grant (with its
     /// own in-flight bound): call it once per activity and use the result for its start-up
     /// check and its tasks alike.
     pub fn grants(&self) -> Grants {
-        Grants {
-            env: self.env.clone().into_iter().collect(),
-            read_only_dirs: self.read_only_dirs.clone().into_iter().collect(),
-            cpu: CpuShare::cores(self.max_cores()),
-            outbound: Arc::new(OutboundGrant::new(
-                self.allowed_outbound_hosts.clone().into(),
-                self.outbound_limits(),
-            )),
-        }
+        self.capabilities.grants()
     }
 }
 
@@ -374,9 +300,6 @@ impl Config {
             if limits.memory_limit < 1 << 20 {
                 bail!("{at}: key `memory_limit` must be at least 1MiB");
             }
-            if activity.max_cores == Some(0) {
-                bail!("{at}: key `max_cores` must be at least 1");
-            }
             if let Some(HumanDuration(interval)) = activity.heartbeat_interval {
                 if interval < Duration::from_secs(1) {
                     bail!("{at}: key `heartbeat_interval` must be at least 1s");
@@ -389,39 +312,10 @@ impl Config {
                     "{at}: key `external_id` needs `role_arn`: it is sent when assuming that role"
                 );
             }
-            let outbound = activity.outbound_limits();
-            for (key, zero) in [
-                (
-                    "outbound_connect_timeout",
-                    outbound.connect_timeout.is_zero(),
-                ),
-                (
-                    "outbound_first_byte_timeout",
-                    outbound.first_byte_timeout.is_zero(),
-                ),
-                (
-                    "outbound_request_timeout",
-                    outbound.request_timeout.is_zero(),
-                ),
-                ("max_response_bytes", outbound.max_response_bytes == 0),
-                (
-                    "max_outbound_requests_per_task",
-                    outbound.max_requests_per_task == 0,
-                ),
-                ("max_outbound_in_flight", outbound.max_in_flight == 0),
-            ] {
-                if zero {
-                    bail!("{at}: key `{key}` must be more than 0");
-                }
-            }
-            for host in activity.read_only_dirs.keys() {
-                if !host.is_dir() {
-                    bail!(
-                        "{at}: key `read_only_dirs`: {} is not a directory on this host",
-                        host.display()
-                    );
-                }
-            }
+            activity
+                .capabilities
+                .validate()
+                .with_context(|| at.clone())?;
         }
         Ok(())
     }
@@ -563,7 +457,15 @@ mod tests {
             timeout = "30s"
             memory_limit = "64MiB"
             heartbeat_interval = "20s"
+            [activity.wasi]
             env = { REGION = "eu-west-1" }
+            [activity.outbound]
+            allowed_hosts = ["https://api.example.com"]
+            connect_timeout = "2s"
+            [activity.host]
+            max_log_lines = 10
+            [activity.cpu]
+            max_cores = 3
             "#,
         );
         let config = Config::load(&path).unwrap();
@@ -579,6 +481,63 @@ mod tests {
         assert_eq!(config.drain_timeout(), Duration::from_secs(10));
         assert_eq!(config.worker_name(), "w1");
         assert_eq!(config.total_concurrency(), 8);
+        let grants = activity.grants();
+        assert_eq!(grants.wasi.env, [("REGION".into(), "eu-west-1".into())]);
+        assert_eq!(grants.host.lines, 10);
+        assert_eq!(
+            activity.capabilities.outbound.limits().connect_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(activity.capabilities.cpu.max_cores(), 3);
+    }
+
+    #[test]
+    fn a_flat_key_of_an_earlier_version_is_refused_naming_its_new_table() {
+        let arn = "arn:aws:states:us-east-1:1:activity:a";
+        for (old, table, new) in [
+            (
+                "allowed_outbound_hosts = []",
+                "[activity.outbound]",
+                "`allowed_hosts`",
+            ),
+            (
+                "outbound_connect_timeout = \"1s\"",
+                "[activity.outbound]",
+                "`connect_timeout`",
+            ),
+            (
+                "max_outbound_in_flight = 3",
+                "[activity.outbound]",
+                "`max_in_flight`",
+            ),
+            ("env = {}", "[activity.wasi]", "`env`"),
+            ("max_cores = 1", "[activity.cpu]", "`max_cores`"),
+        ] {
+            let err = load_error(&format!(
+                "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n{old}\n"
+            ));
+            assert!(
+                err.contains("worker.toml")
+                    && err.contains("has moved")
+                    && err.contains(table)
+                    && err.contains(new),
+                "{old}: {err}"
+            );
+        }
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n[activity.outbound]\nallowed_host = []\n"
+        ));
+        assert!(
+            err.contains("[activity.outbound]") && err.contains("allowed_host"),
+            "{err}"
+        );
+        let err = load_error(&format!(
+            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n[activity.cpu]\nmax_cores = 0\n"
+        ));
+        assert!(
+            err.contains("[activity.cpu]") && err.contains("key `max_cores` must be at least 1"),
+            "{err}"
+        );
     }
 
     fn load_error(text: &str) -> String {
@@ -598,7 +557,7 @@ mod tests {
             "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurency = 3\n"
         ));
         assert!(
-            err.contains("worker.toml") && err.contains("unknown field `max_concurency`"),
+            err.contains("worker.toml") && err.contains("unknown key `max_concurency`"),
             "{err}"
         );
 
@@ -631,10 +590,14 @@ mod tests {
             ("pollers = -1", "pollers"),
             ("timeout = 30", "timeout"),
             ("memory_limit = \"-5MiB\"", "memory_limit"),
-            ("env = [\"A=1\"]", "env"),
+            ("[activity.wasi]\nenv = [\"A=1\"]", "[activity.wasi]"),
             (
-                "allowed_outbound_hosts = \"https://x.example\"",
-                "allowed_outbound_hosts",
+                "[activity.outbound]\nallowed_hosts = \"https://x.example\"",
+                "[activity.outbound]",
+            ),
+            (
+                "[activity.host]\nmax_log_lines = \"many\"",
+                "[activity.host]",
             ),
         ] {
             let err = load_error(&format!(

@@ -2,20 +2,19 @@
 //! once, checked against the `sfn:activity/handler` world and pre-instantiated ([`Guest`]).
 
 use crate::sandbox::artefacts::Artefacts;
-use crate::sandbox::bindings::{Handler, HandlerPre};
-use crate::sandbox::capabilities::Grants;
+use crate::sandbox::bindings::HandlerPre;
+use crate::sandbox::capability::{self, Grants};
 use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker};
 use crate::sandbox::limits::TaskLimits;
 use crate::sandbox::outcome::{Outcome, TaskEnd, INSTANTIATION_FAILED};
 use crate::sandbox::run::{self, HandlerFuture, Task, TaskHandler, TaskStats};
-use crate::sandbox::store::{self, TaskState};
+use crate::sandbox::store::TaskState;
 use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, HasSelf, Linker, Resource};
+use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
-use wasmtime::StoreContextMut;
 
 /// The world every guest must implement, as named in `wit/`.
 pub const WORLD: &str = "sfn:activity/handler@0.1.0";
@@ -67,18 +66,12 @@ pub struct ComponentReport {
 }
 
 impl Runtime {
-    /// Builds the engine for `settings`, starts the epoch ticker and links the host functions
-    /// (the `sfn:activity/host` interface and WASI p2).
+    /// Builds the engine for `settings`, starts the epoch ticker and links every
+    /// capability's host functions.
     pub fn new(settings: &EngineSettings) -> Result<Runtime> {
         let engine = build_engine(settings)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI p2")?;
-        link_http(&mut linker)?;
-        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, store::host_state)
-            .map_err(anyhow::Error::from)
-            .context("linking the sfn:activity host interface")?;
+        capability::link_all(&mut linker)?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Runtime {
             artefacts: Artefacts::new(&engine, &settings.cache),
@@ -128,7 +121,7 @@ impl Runtime {
             .map(|(name, item)| ImportReport {
                 name: name.to_string(),
                 kind: item_kind(&item.ty),
-                provider: provider_of(name),
+                provider: capability::provider_of(name),
             })
             .collect();
         let exports = ty
@@ -287,47 +280,6 @@ impl TaskHandler for Guest {
     }
 }
 
-/// The `wasi:http` version this host implements (wit/deps/http); guests importing any
-/// earlier 0.2.x are linked to it too.
-const WASI_HTTP_OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
-
-/// Links `wasi:http/types` (the standard implementation) and `wasi:http/outgoing-handler`
-/// (guarded: each request is admitted by the activity's allowlist and limits first).
-fn link_http(linker: &mut Linker<TaskState>) -> Result<()> {
-    use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, RequestOptions};
-    use wasmtime_wasi_http::p2::bindings::{http, LinkOptions};
-    use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
-    type HandleResult = (std::result::Result<Resource<HostFutureIncomingResponse>, ErrorCode>,);
-
-    http::types::add_to_linker::<_, wasmtime_wasi_http::WasiHttp>(
-        linker,
-        &LinkOptions::default().into(),
-        <TaskState as wasmtime_wasi_http::WasiHttpView>::http,
-    )
-    .map_err(anyhow::Error::from)
-    .context("linking wasi:http/types")?;
-    linker
-        .instance(WASI_HTTP_OUTGOING_HANDLER)
-        .and_then(|mut handler| {
-            handler.func_wrap(
-                "handle",
-                |mut store: StoreContextMut<'_, TaskState>,
-                 (request, options): (
-                    Resource<HostOutgoingRequest>,
-                    Option<Resource<RequestOptions>>,
-                )|
-                 -> wasmtime::Result<HandleResult> {
-                    match store.data_mut().guarded_http().handle(request, options) {
-                        Ok(response) => Ok((Ok(response),)),
-                        Err(error) => error.downcast().map(|code| (Err(code),)),
-                    }
-                },
-            )
-        })
-        .map_err(anyhow::Error::from)
-        .context("linking wasi:http/outgoing-handler")
-}
-
 fn item_kind(item: &ComponentItem) -> &'static str {
     match item {
         ComponentItem::ComponentFunc(_) => "func",
@@ -337,23 +289,5 @@ fn item_kind(item: &ComponentItem) -> &'static str {
         ComponentItem::ComponentInstance(_) => "instance",
         ComponentItem::Type(_) => "type",
         ComponentItem::Resource(_) => "resource",
-    }
-}
-
-fn provider_of(import: &str) -> &'static str {
-    if import.starts_with("wasi:http/") {
-        "sfn-wasm-worker (outbound HTTP to the activity's allowed_outbound_hosts only)"
-    } else if import.starts_with("sfn:activity/") {
-        "sfn-wasm-worker (log, heartbeat)"
-    } else if import.starts_with("wasi:sockets/") {
-        "WASI p2 (linked, but every network operation is denied)"
-    } else if import.starts_with("wasi:filesystem/") {
-        "WASI p2 (only directories granted by the activity's config)"
-    } else if import.starts_with("wasi:cli/environment") {
-        "WASI p2 (only variables granted by the activity's config)"
-    } else if import.starts_with("wasi:") {
-        "WASI p2"
-    } else {
-        "NOT PROVIDED by this host"
     }
 }

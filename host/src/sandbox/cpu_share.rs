@@ -11,8 +11,11 @@
 //! long-running, its guests need no turn at all: tasks shorter than a tick never queue. So
 //! a tenant whose guests spin can occupy at most `max_cores` of the worker's threads (after
 //! its first guests' first 10–20 ms), and the others' tasks, the polls and the reports keep
-//! the rest.
+//! the rest. Configured in `[activity.cpu]`.
 
+use crate::sandbox::capability::{Capability, TaskSetup};
+use anyhow::bail;
+use serde::Deserialize;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +23,50 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use tokio::sync::oneshot;
+
+/// The CPU share capability.
+pub struct Cpu;
+
+/// `[activity.cpu]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSettings {
+    /// Guests of this activity executing at once while one of them has run past 10 ms
+    /// (default: the machine's cores minus one, at least 1): a tenant's spinning guests leave
+    /// the other tenants and the worker's own calls a core.
+    pub max_cores: Option<u32>,
+}
+
+impl CpuSettings {
+    /// Guests of the activity that may execute at once under load, with its default.
+    pub fn max_cores(&self) -> u32 {
+        self.max_cores.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            u32::try_from(cores.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+impl Capability for Cpu {
+    type Settings = CpuSettings;
+    type Grant = CpuShare;
+    type TaskState = Arc<GuestCpu>;
+
+    fn validate(settings: &CpuSettings) -> anyhow::Result<()> {
+        if settings.max_cores == Some(0) {
+            bail!("key `max_cores` must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn grant(settings: &CpuSettings) -> CpuShare {
+        CpuShare::cores(settings.max_cores())
+    }
+
+    fn task_state(share: &CpuShare, _: &TaskSetup<'_>) -> anyhow::Result<Arc<GuestCpu>> {
+        Ok(Arc::new(GuestCpu::new(share)))
+    }
+}
 
 /// The turns of one activity's guests (cheap to clone; shared by its tasks).
 #[derive(Debug, Clone, Default)]
@@ -31,7 +78,7 @@ pub struct CpuShare {
 /// One guest's place in its activity's share: the ticks it has seen while executing.
 /// Counted in the activity's long-running guests from its second tick until it is dropped.
 #[derive(Debug)]
-pub(crate) struct GuestCpu {
+pub struct GuestCpu {
     share: CpuShare,
     ticks: AtomicU32,
 }

@@ -1,17 +1,97 @@
-//! The host side of the `sfn:activity/host` interface (`log` and `heartbeat`), and the
-//! controls the worker holds over a running task (heartbeat sink, interruption).
+//! The host side of the `sfn:activity/host` interface (`log` and `heartbeat`), configured
+//! in `[activity.host]`, and the controls the worker holds over a running task (heartbeat
+//! sink, interruption).
 
 use crate::sandbox::bindings::sfn::activity::host::{Host, LogLevel};
 use crate::sandbox::bindings::sfn::activity::types;
+use crate::sandbox::bindings::Handler;
+use crate::sandbox::capability::{Capability, TaskSetup};
+use crate::sandbox::store::{self, TaskState};
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Notify;
+use wasmtime::component::{HasSelf, Linker};
 
-/// Longest guest log message kept, in bytes; longer ones are cut on a character boundary.
-pub const MAX_LOG_MESSAGE_BYTES: usize = 8 * 1024;
-/// Log lines a guest may write per task; later ones are counted and dropped.
-pub const MAX_LOG_LINES_PER_TASK: u32 = 1_000;
+/// The host API capability (`sfn:activity/host`).
+pub struct HostApi;
+
+/// `[activity.host]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostApiSettings {
+    /// Log lines a guest may write per task; later ones are dropped (default 1 000).
+    pub max_log_lines: Option<u32>,
+    /// Longest log line kept, in bytes; longer ones are cut on a character boundary
+    /// (default 8 192).
+    pub max_log_line_bytes: Option<usize>,
+}
+
+/// What a task's guest may write to the worker's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Lines per task; later ones are dropped.
+    pub lines: u32,
+    /// Bytes per line; longer ones are cut.
+    pub line_bytes: usize,
+}
+
+impl Default for LogLimits {
+    fn default() -> LogLimits {
+        LogLimits {
+            lines: 1_000,
+            line_bytes: 8 * 1024,
+        }
+    }
+}
+
+impl Capability for HostApi {
+    type Settings = HostApiSettings;
+    type Grant = LogLimits;
+    type TaskState = HostState;
+
+    fn validate(settings: &HostApiSettings) -> anyhow::Result<()> {
+        if settings.max_log_line_bytes == Some(0) {
+            bail!(
+                "key `max_log_line_bytes` must be more than 0 (set max_log_lines = 0 for no log)"
+            );
+        }
+        Ok(())
+    }
+
+    fn grant(settings: &HostApiSettings) -> LogLimits {
+        let defaults = LogLimits::default();
+        LogLimits {
+            lines: settings.max_log_lines.unwrap_or(defaults.lines),
+            line_bytes: settings.max_log_line_bytes.unwrap_or(defaults.line_bytes),
+        }
+    }
+
+    fn task_state(limits: &LogLimits, setup: &TaskSetup<'_>) -> anyhow::Result<HostState> {
+        let task = setup.task;
+        Ok(HostState::new(
+            task.activity_arn.clone(),
+            task.task_id.clone(),
+            task.heartbeat.clone(),
+            task.interrupt.clone(),
+            *limits,
+        ))
+    }
+
+    fn link(linker: &mut Linker<TaskState>) -> anyhow::Result<()> {
+        Handler::add_to_linker::<_, HasSelf<_>>(linker, store::host_state)
+            .map_err(anyhow::Error::from)
+            .context("linking the sfn:activity host interface")
+    }
+
+    fn provider(import: &str) -> Option<&'static str> {
+        import
+            .starts_with("sfn:activity/")
+            .then_some("sfn-wasm-worker (log, heartbeat)")
+    }
+}
 
 /// A boxed future returned by [`Heartbeat::beat`].
 pub type BeatFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -99,15 +179,17 @@ pub struct HostState {
     interrupt: Interrupt,
     heartbeats_requested: u64,
     log_lines: u32,
+    log_limits: LogLimits,
 }
 
 impl HostState {
-    /// The host side of one task: its log fields, heartbeat sink and interrupt.
+    /// The host side of one task: its log fields and limits, heartbeat sink and interrupt.
     pub fn new(
         activity_arn: Arc<str>,
         task_id: String,
         heartbeat: Arc<dyn Heartbeat>,
         interrupt: Interrupt,
+        log_limits: LogLimits,
     ) -> HostState {
         HostState {
             activity_arn,
@@ -116,6 +198,7 @@ impl HostState {
             interrupt,
             heartbeats_requested: 0,
             log_lines: 0,
+            log_limits,
         }
     }
 
@@ -135,19 +218,21 @@ impl types::Host for HostState {}
 
 impl Host for HostState {
     fn log(&mut self, level: LogLevel, mut message: String) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES_PER_TASK {
-            if self.log_lines == MAX_LOG_LINES_PER_TASK + 1 {
+        let LogLimits { lines, line_bytes } = self.log_limits;
+        self.log_lines = self.log_lines.saturating_add(1);
+        if self.log_lines > lines {
+            if self.log_lines == lines.saturating_add(1) {
                 tracing::warn!(
                     activity = %self.activity_arn,
                     task_id = %self.task_id,
-                    "guest wrote more than {MAX_LOG_LINES_PER_TASK} log lines; dropping the rest of this task's"
+                    "guest wrote more than {lines} log lines ([activity.host] max_log_lines); \
+                     dropping the rest of this task's"
                 );
             }
             return;
         }
-        if message.len() > MAX_LOG_MESSAGE_BYTES {
-            let cut = (0..=MAX_LOG_MESSAGE_BYTES)
+        if message.len() > line_bytes {
+            let cut = (0..=line_bytes)
                 .rev()
                 .find(|&i| message.is_char_boundary(i))
                 .unwrap_or(0);

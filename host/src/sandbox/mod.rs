@@ -5,12 +5,12 @@
 //! - [`component`]: loading a component, checking it against the world, pre-instantiating it;
 //! - [`artefacts`]: compiled components, cached and mapped from files, loaded once;
 //! - [`limits`]: the one table of per-task limits (pool slots, store limiter, memory cap);
-//! - [`capabilities`]: what an activity grants its guest (env, read-only directories,
-//!   outbound HTTP, its share of the CPU);
-//! - [`cpu_share`]: how many of an activity's long-running guests may use a core at once;
-//! - [`outbound`]: outbound HTTP (`wasi:http`): the allowlist, protected addresses, limits;
+//! - [`capability`]: the one list of capabilities an activity may grant its guests, each
+//!   with its `[activity.NAME]` table: [`wasi`] (env, read-only directories),
+//!   [`outbound`] (HTTP to listed origins), [`host_api`] (log, heartbeat) and
+//!   [`cpu_share`] (how many of an activity's long-running guests may use a core at once);
 //! - [`store`]: one task's store (WASI context, host state, limiter, deadline);
-//! - [`host_api`]: the functions guests import (`log`, `heartbeat`) and interruption;
+//! - [`host_api`]: also the worker's controls over a running task (heartbeat, interruption);
 //! - [`output_capture`]: the bounded tails of a guest's stdout and stderr;
 //! - [`run`]: running one task to its end;
 //! - [`outcome`]: the outcome rules (README's table): how a run's end becomes a report;
@@ -18,7 +18,7 @@
 
 pub mod artefacts;
 pub mod bindings;
-pub mod capabilities;
+pub mod capability;
 pub mod component;
 pub mod cpu_share;
 pub mod engine;
@@ -29,8 +29,9 @@ pub mod outcome;
 pub mod output_capture;
 pub mod run;
 pub mod store;
+pub mod wasi;
 
-pub use capabilities::Grants;
+pub use capability::{CapabilitySettings, Grants};
 pub use component::{Guest, Runtime, WORLD};
 pub use limits::TaskLimits;
 pub use outcome::{Outcome, TaskEnd};

@@ -4,13 +4,12 @@
 
 use crate::sandbox::bindings::sfn::activity::types::TaskContext;
 use crate::sandbox::bindings::HandlerPre;
-use crate::sandbox::capabilities::Grants;
-use crate::sandbox::host_api::{CountingHeartbeat, Heartbeat, HostState, Interrupt};
+use crate::sandbox::capability::{Grants, TaskSetup};
+use crate::sandbox::host_api::{CountingHeartbeat, Heartbeat, Interrupt};
 use crate::sandbox::limits::{TaskLimits, OUTPUT_TAIL_BYTES};
-use crate::sandbox::outbound::OutboundHooks;
 use crate::sandbox::outcome::{Outcome, RunFacts, RunStop, TaskEnd};
 use crate::sandbox::output_capture::TailCapture;
-use crate::sandbox::store::{new_store, StoreSetup, TaskState};
+use crate::sandbox::store::{new_store, TaskState};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -111,10 +110,9 @@ pub(crate) async fn run_task(
     let stdout = TailCapture::new(OUTPUT_TAIL_BYTES);
     let stderr = TailCapture::new(OUTPUT_TAIL_BYTES);
     let deadline = started + limits.timeout;
-    let setup = store_setup(&task, limits, grants, (&stdout, &stderr), deadline);
     let mut phases = Phases::default();
     let mut instantiated_at = None;
-    let (stop, store) = match new_store(pre.engine(), setup) {
+    let (stop, store) = match task_store(pre, &task, limits, grants, (&stdout, &stderr), deadline) {
         Ok(mut store) => {
             phases.store = started.elapsed();
             let stop = call_guest(pre, &mut store, &task, &mut instantiated_at).await;
@@ -174,8 +172,7 @@ pub(crate) async fn instantiate_once(
     let stdout = TailCapture::new(OUTPUT_TAIL_BYTES);
     let stderr = TailCapture::new(OUTPUT_TAIL_BYTES);
     let deadline = Instant::now() + limits.timeout;
-    let setup = store_setup(&task, limits, grants, (&stdout, &stderr), deadline);
-    let (stop, store) = match new_store(pre.engine(), setup) {
+    let (stop, store) = match task_store(pre, &task, limits, grants, (&stdout, &stderr), deadline) {
         Ok(mut store) => {
             let stop = tokio::select! {
                 instantiated = pre.instantiate_async(&mut store) => match instantiated {
@@ -200,33 +197,23 @@ pub(crate) async fn instantiate_once(
     }
 }
 
-/// What a store for `task` is made of; the guest's stdout and stderr go to the two captures.
-fn store_setup<'a>(
+/// A fresh store for `task`, the guest's stdout and stderr going to the two captures.
+fn task_store(
+    pre: &HandlerPre<TaskState>,
     task: &Task,
-    limits: &'a TaskLimits,
-    grants: &'a Grants,
-    (stdout, stderr): (&'a TailCapture, &'a TailCapture),
+    limits: &TaskLimits,
+    grants: &Grants,
+    (stdout, stderr): (&TailCapture, &TailCapture),
     deadline: Instant,
-) -> StoreSetup<'a> {
-    StoreSetup {
-        limits,
-        grants,
+) -> anyhow::Result<Store<TaskState>> {
+    let setup = TaskSetup {
+        task,
         stdout,
         stderr,
         deadline,
-        outbound: OutboundHooks::new(
-            grants.outbound.clone(),
-            task.activity_arn.clone(),
-            task.task_id.clone(),
-            deadline,
-        ),
-        host: HostState::new(
-            task.activity_arn.clone(),
-            task.task_id.clone(),
-            task.heartbeat.clone(),
-            task.interrupt.clone(),
-        ),
-    }
+    };
+    let capabilities = grants.task_states(&setup)?;
+    Ok(new_store(pre.engine(), limits, capabilities, deadline))
 }
 
 /// Instantiates the component and calls `handle`, within the activity's CPU share. The

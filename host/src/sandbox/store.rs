@@ -1,35 +1,30 @@
-//! One task's [`Store`]: its WASI context, host state, memory limiter and deadline, built
-//! fresh for every task and dropped when it ends.
+//! One task's [`Store`]: every capability's per-task state, the resource table they share,
+//! the memory limiter and the deadline, built fresh for every task and dropped when it ends.
 
-use crate::sandbox::capabilities::Grants;
+use crate::sandbox::capability::TaskCapabilities;
 use crate::sandbox::cpu_share::GuestCpu;
 use crate::sandbox::host_api::HostState;
 use crate::sandbox::limits::{MemoryLimiter, TaskLimits};
 use crate::sandbox::outbound::{GuardedView, OutboundHooks};
-use crate::sandbox::output_capture::TailCapture;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 /// Everything a task's [`Store`] holds.
 pub struct TaskState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    outbound: OutboundHooks,
+    capabilities: TaskCapabilities,
     table: ResourceTable,
     limiter: MemoryLimiter,
-    host: HostState,
     deadline: Instant,
-    cpu: Arc<GuestCpu>,
 }
 
 impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut self.capabilities.wasi,
             table: &mut self.table,
         }
     }
@@ -37,10 +32,11 @@ impl WasiView for TaskState {
 
 impl WasiHttpView for TaskState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let outbound = &mut self.capabilities.outbound;
         WasiHttpCtxView {
-            ctx: &mut self.http,
+            ctx: &mut outbound.http,
             table: &mut self.table,
-            hooks: &mut self.outbound,
+            hooks: &mut outbound.hooks,
         }
     }
 }
@@ -48,21 +44,22 @@ impl WasiHttpView for TaskState {
 impl TaskState {
     /// The task's wasi:http state for the guarded `outgoing-handler`.
     pub fn guarded_http(&mut self) -> GuardedView<'_> {
+        let outbound = &mut self.capabilities.outbound;
         GuardedView {
-            ctx: &mut self.http,
+            ctx: &mut outbound.http,
             table: &mut self.table,
-            hooks: &mut self.outbound,
+            hooks: &mut outbound.hooks,
         }
     }
 
     /// The task's outbound HTTP (what it sent and was denied).
     pub fn outbound(&self) -> &OutboundHooks {
-        &self.outbound
+        &self.capabilities.outbound.hooks
     }
 
     /// The host side of the task (heartbeats, logs, interrupt).
     pub fn host(&self) -> &HostState {
-        &self.host
+        &self.capabilities.host
     }
 
     /// When the guest must stop.
@@ -72,7 +69,7 @@ impl TaskState {
 
     /// The guest's place in its activity's CPU share (see [`crate::sandbox::cpu_share`]).
     pub(crate) fn cpu(&self) -> Arc<GuestCpu> {
-        self.cpu.clone()
+        self.capabilities.cpu.clone()
     }
 
     /// The task's memory accounting.
@@ -83,50 +80,35 @@ impl TaskState {
 
 /// Gives the generated `host` bindings their per-task state.
 pub(crate) fn host_state(state: &mut TaskState) -> &mut HostState {
-    &mut state.host
+    &mut state.capabilities.host
 }
 
-/// What a new store is made of.
-pub struct StoreSetup<'a> {
-    /// The task's limits.
-    pub limits: &'a TaskLimits,
-    /// The task's capabilities.
-    pub grants: &'a Grants,
-    /// Where the guest's stdout goes.
-    pub stdout: &'a TailCapture,
-    /// Where the guest's stderr goes.
-    pub stderr: &'a TailCapture,
-    /// When the guest must stop.
-    pub deadline: Instant,
-    /// The host side of the task.
-    pub host: HostState,
-    /// The task's outbound HTTP.
-    pub outbound: OutboundHooks,
-}
-
-/// A fresh store for one task: the limiter caps its memory, and at every epoch tick the
-/// guest yields to the runtime (giving back its CPU turn, see [`crate::sandbox::cpu_share`]),
-/// or is interrupted once its deadline has passed or the worker has interrupted it.
-pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store<TaskState>> {
+/// A fresh store for one task with `capabilities` (each capability's state for it): the
+/// limiter caps its memory, and at every epoch tick the guest yields to the runtime (giving
+/// back its CPU turn, see [`crate::sandbox::cpu_share`]), or is interrupted once its
+/// `deadline` has passed or the worker has interrupted it.
+pub fn new_store(
+    engine: &Engine,
+    limits: &TaskLimits,
+    capabilities: TaskCapabilities,
+    deadline: Instant,
+) -> Store<TaskState> {
     let state = TaskState {
-        wasi: setup.grants.wasi_context(setup.stdout, setup.stderr)?,
-        http: WasiHttpCtx::new(),
-        outbound: setup.outbound,
+        capabilities,
         table: ResourceTable::new(),
-        limiter: MemoryLimiter::new(setup.limits.memory_limit),
-        host: setup.host,
-        deadline: setup.deadline,
-        cpu: Arc::new(GuestCpu::new(&setup.grants.cpu)),
+        limiter: MemoryLimiter::new(limits.memory_limit),
+        deadline,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|context| {
         let state = context.data();
-        if state.host.interrupt().reason().is_some() || Instant::now() >= state.deadline {
+        let capabilities = &state.capabilities;
+        if capabilities.host.interrupt().reason().is_some() || Instant::now() >= state.deadline {
             Ok(UpdateDeadline::Interrupt)
         } else {
-            state.cpu.note_tick();
+            capabilities.cpu.note_tick();
             // tokio's yield (not wasmtime's plain one, which wakes the task at once into the
             // thread's next slot): the other tasks and the I/O driver run first.
             Ok(UpdateDeadline::YieldCustom(
@@ -135,5 +117,5 @@ pub fn new_store(engine: &Engine, setup: StoreSetup<'_>) -> anyhow::Result<Store
             ))
         }
     });
-    Ok(store)
+    store
 }

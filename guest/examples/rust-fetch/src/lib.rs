@@ -1,5 +1,5 @@
 //! Example guest: the fetch contract (guest/examples/README.md) in Rust with the `wstd` HTTP
-//! client. Allow the service's origin in the activity's `allowed_outbound_hosts`.
+//! client. Allow the service's origin in the activity's `[activity.outbound] allowed_hosts`.
 
 use sfn_activity_guest::{export_handler, json, Context, TaskError, Value};
 use wstd::http::{Body, Client, Request};

@@ -1,14 +1,18 @@
 //! Outbound HTTP for guests (`wasi:http/outgoing-handler`), deny by default: a request goes
-//! out only to an origin in its activity's `allowed_outbound_hosts`, never to the worker's
+//! out only to an origin in its activity's `[activity.outbound] allowed_hosts`, never to the worker's
 //! own credential endpoints, within the activity's limits; every other gets the standard
 //! error code (`HTTP-request-denied`, `destination-IP-prohibited`, ...) that the guest can
 //! handle, and a `warn` line saying which config key would allow it.
 //!
+//! - [`capability`]: the `[activity.outbound]` settings, the grant and the linking;
 //! - [`policy`]: the allowlist and the protected addresses;
 //! - [`client`]: resolving, vetting, connecting and sending one admitted request.
 
+pub mod capability;
 pub mod client;
 pub mod policy;
+
+pub use capability::{Outbound, OutboundSettings};
 
 use crate::sandbox::outbound::client::{Resolver, SendPlan, SendResult, SystemResolver};
 use crate::sandbox::outbound::policy::{Allowlist, Target};
@@ -83,11 +87,6 @@ impl OutboundGrant {
     pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> OutboundGrant {
         self.resolver = resolver;
         self
-    }
-
-    /// The allowed origins.
-    pub fn allowlist(&self) -> &Allowlist {
-        &self.allowlist
     }
 }
 
@@ -171,14 +170,14 @@ impl OutboundHooks {
         }
         if !self.grant.allowlist.admits(&target) {
             let why = format!(
-                "it is not in the activity's allowed_outbound_hosts; add \"{target}\" to allow it"
+                "it is not in the activity's [activity.outbound] allowed_hosts; add \"{target}\" to allow it"
             );
             return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
         }
         let limit = self.grant.limits.max_requests_per_task;
         if self.admitted >= limit {
             let why = format!(
-                "the task already sent {limit} requests (the activity's max_outbound_requests_per_task)"
+                "the task already sent {limit} requests (the activity's [activity.outbound] max_requests_per_task)"
             );
             return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
         }
@@ -316,7 +315,7 @@ impl RequestLog {
             authority = %self.target,
             addresses = %addresses.join(","),
             "outbound request denied: the name resolves to a protected address (cloud metadata, \
-             credentials or link-local); only an allowed_outbound_hosts entry naming that exact \
+             credentials or link-local); only an [activity.outbound] allowed_hosts entry naming that exact \
              IP reaches it"
         );
         self.error = Some("destination IP prohibited".into());

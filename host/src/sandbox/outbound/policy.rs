@@ -1,4 +1,4 @@
-//! Which origins a guest may call: the activity's `allowed_outbound_hosts`, parsed once, and
+//! Which origins a guest may call: the activity's `[activity.outbound] allowed_hosts`, parsed once, and
 //! the addresses no grant reaches unless it names them exactly (cloud metadata and credential
 //! endpoints, link-local ranges).
 
@@ -54,7 +54,7 @@ enum HostPattern {
     Ip(IpAddr),
 }
 
-/// One entry of `allowed_outbound_hosts`: scheme, host (or `*.` wildcard, or IP) and port.
+/// One entry of `[activity.outbound] allowed_hosts`: scheme, host (or `*.` wildcard, or IP) and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedOrigin {
     scheme: OriginScheme,
@@ -199,7 +199,7 @@ impl fmt::Display for Target {
     }
 }
 
-/// An activity's `allowed_outbound_hosts`. Empty (the default) allows nothing.
+/// An activity's `[activity.outbound] allowed_hosts`. Empty (the default) allows nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowlist {
     origins: Vec<AllowedOrigin>,

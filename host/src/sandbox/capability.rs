@@ -1,0 +1,215 @@
+//! What a guest may reach beyond pure computation, one capability per room: each declares
+//! its `[activity.NAME]` configuration table, how that table is checked, what one activity
+//! is granted from it (built once per activity, shared by its tasks), what it links into
+//! the engine's linker, the state it keeps in each task's store, and which imports it
+//! provides (`check`'s report).
+//!
+//! The registry at the bottom is the one list of capabilities: adding one is a module that
+//! implements [`Capability`], its WIT if any, one line there, and its README section.
+//! Nothing is granted by default (and the CPU is not bounded); sockets are off.
+
+use crate::sandbox::output_capture::TailCapture;
+use crate::sandbox::run::Task;
+use crate::sandbox::store::TaskState;
+use anyhow::{Context as _, Result};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+use wasmtime::component::Linker;
+
+/// One capability a guest may be granted, configured per activity in `[activity.NAME]`.
+pub trait Capability {
+    /// The `[activity.NAME]` table's settings, every key optional.
+    type Settings: DeserializeOwned + Default + Clone + PartialEq + std::fmt::Debug;
+    /// What one activity's guests are granted, built once per activity from its settings.
+    type Grant: Clone + Default + std::fmt::Debug + Send + Sync;
+    /// What it keeps in one task's store, made fresh for every task.
+    type TaskState: Send;
+
+    /// Checks the settings beyond their types; the error names the key and the fix.
+    fn validate(_settings: &Self::Settings) -> Result<()> {
+        Ok(())
+    }
+
+    /// The grant of an activity with these settings.
+    fn grant(settings: &Self::Settings) -> Self::Grant;
+
+    /// Its state in the store of one task of an activity granted `grant`.
+    fn task_state(grant: &Self::Grant, task: &TaskSetup<'_>) -> Result<Self::TaskState>;
+
+    /// Adds the host functions this capability provides to the engine's linker.
+    fn link(_linker: &mut Linker<TaskState>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Who provides `import`, if this capability does (what `check` prints).
+    fn provider(_import: &str) -> Option<&'static str> {
+        None
+    }
+}
+
+/// What a capability's per-task state is made from.
+pub struct TaskSetup<'a> {
+    /// The task.
+    pub task: &'a Task,
+    /// Where the guest's stdout goes.
+    pub stdout: &'a TailCapture,
+    /// Where the guest's stderr goes.
+    pub stderr: &'a TailCapture,
+    /// When the guest must stop.
+    pub deadline: Instant,
+}
+
+/// Flat keys of earlier versions and the table each moved to: (old key, table, new key).
+const MOVED_KEYS: [(&str, &str, &str); 10] = [
+    ("env", "wasi", "env"),
+    ("read_only_dirs", "wasi", "read_only_dirs"),
+    ("allowed_outbound_hosts", "outbound", "allowed_hosts"),
+    ("outbound_connect_timeout", "outbound", "connect_timeout"),
+    (
+        "outbound_first_byte_timeout",
+        "outbound",
+        "first_byte_timeout",
+    ),
+    ("outbound_request_timeout", "outbound", "request_timeout"),
+    ("max_response_bytes", "outbound", "max_response_bytes"),
+    (
+        "max_outbound_requests_per_task",
+        "outbound",
+        "max_requests_per_task",
+    ),
+    ("max_outbound_in_flight", "outbound", "max_in_flight"),
+    ("max_cores", "cpu", "max_cores"),
+];
+
+/// Defines the registry: the settings of every capability (one field, one table each), the
+/// grants (one field each), and the steps that go through all of them.
+macro_rules! capabilities {
+    ($($(#[$doc:meta])* $name:ident: $capability:ty,)*) => {
+        /// Every capability's settings: the activity's `[activity.NAME]` tables.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct CapabilitySettings {
+            $($(#[$doc])* pub $name: <$capability as Capability>::Settings,)*
+        }
+
+        /// What an activity grants its guests, one field per capability. Nothing by default.
+        #[derive(Debug, Clone, Default)]
+        pub struct Grants {
+            $($(#[$doc])* pub $name: <$capability as Capability>::Grant,)*
+        }
+
+        /// Every capability's state in one task's store.
+        pub struct TaskCapabilities {
+            $($(#[$doc])* pub $name: <$capability as Capability>::TaskState,)*
+        }
+
+        impl Grants {
+            /// Each capability's fresh state for one task; fails if one cannot be set up
+            /// (e.g. a granted directory vanished).
+            pub fn task_states(&self, task: &TaskSetup<'_>) -> Result<TaskCapabilities> {
+                Ok(TaskCapabilities {
+                    $($name: <$capability as Capability>::task_state(&self.$name, task)
+                        .with_context(|| format!("setting up the {} capability", stringify!($name)))?,)*
+                })
+            }
+        }
+
+        /// The capabilities' table names, in registry order.
+        pub const SECTIONS: &[&str] = &[$(stringify!($name)),*];
+
+        impl CapabilitySettings {
+            /// Reads the tables from the keys of an activity that are not its own: each
+            /// must name a capability's table; a flat key of an earlier version is refused
+            /// naming its new place.
+            fn from_tables(tables: BTreeMap<String, toml::Value>) -> Result<CapabilitySettings, String> {
+                let mut settings = CapabilitySettings::default();
+                for (key, value) in tables {
+                    match key.as_str() {
+                        $(stringify!($name) => {
+                            settings.$name = value
+                                .try_into()
+                                .map_err(|err| format!("[activity.{key}]: {}", err.to_string().trim_end()))?;
+                        })*
+                        _ => return Err(unknown_key(&key)),
+                    }
+                }
+                Ok(settings)
+            }
+
+            /// Checks every table; the error names the table and the key.
+            pub fn validate(&self) -> Result<()> {
+                $(<$capability as Capability>::validate(&self.$name)
+                    .with_context(|| format!("[activity.{}]", stringify!($name)))?;)*
+                Ok(())
+            }
+
+            /// The grants of an activity with these settings. Each call makes new grants
+            /// (an outbound grant holds the activity's in-flight bound): build them once
+            /// per activity.
+            pub fn grants(&self) -> Grants {
+                Grants {
+                    $($name: <$capability as Capability>::grant(&self.$name),)*
+                }
+            }
+        }
+
+        /// Links every capability's host functions.
+        pub fn link_all(linker: &mut Linker<TaskState>) -> Result<()> {
+            $(<$capability as Capability>::link(linker)
+                .with_context(|| format!("linking the {} capability", stringify!($name)))?;)*
+            Ok(())
+        }
+
+        /// Who provides `import`: a capability, plain WASI p2, or nobody.
+        pub fn provider_of(import: &str) -> &'static str {
+            $(if let Some(provider) = <$capability as Capability>::provider(import) {
+                return provider;
+            })*
+            if import.starts_with("wasi:") {
+                "WASI p2"
+            } else {
+                "NOT PROVIDED by this host"
+            }
+        }
+    };
+}
+
+capabilities! {
+    /// `[activity.wasi]`: environment variables and read-only directories.
+    wasi: crate::sandbox::wasi::Wasi,
+    /// `[activity.outbound]`: outbound HTTP to listed origins, within limits.
+    outbound: crate::sandbox::outbound::Outbound,
+    /// `[activity.host]`: the `sfn:activity/host` interface (log, heartbeat).
+    host: crate::sandbox::host_api::HostApi,
+    /// `[activity.cpu]`: the activity's share of the CPU.
+    cpu: crate::sandbox::cpu_share::Cpu,
+}
+
+/// Why `key` is not an activity key: moved to a table, or unknown.
+fn unknown_key(key: &str) -> String {
+    match MOVED_KEYS.iter().find(|(old, _, _)| *old == key) {
+        Some((_, table, new)) => format!(
+            "key `{key}` has moved: write it as `{new}` in the activity's table \
+             [activity.{table}] (e.g. `[[activity]] ... [activity.{table}] {new} = ...`)"
+        ),
+        None => format!(
+            "unknown key `{key}`: an activity has the keys arn, component, max_concurrency, \
+             pollers, timeout, memory_limit, heartbeat_interval, role_arn and external_id, \
+             and the tables {}",
+            SECTIONS
+                .iter()
+                .map(|table| format!("[activity.{table}]"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+impl<'de> Deserialize<'de> for CapabilitySettings {
+    /// From the keys of an activity table that are not the activity's own (flattened).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let tables = BTreeMap::<String, toml::Value>::deserialize(deserializer)?;
+        CapabilitySettings::from_tables(tables).map_err(serde::de::Error::custom)
+    }
+}

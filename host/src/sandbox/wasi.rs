@@ -1,0 +1,108 @@
+//! `[activity.wasi]`: what of WASI p2 an activity grants beyond the defaults: environment
+//! variables and host directories, read-only. Clocks, random and stdio are every guest's;
+//! sockets are linked but every network operation is denied (outbound HTTP is its own
+//! capability, [`crate::sandbox::outbound`]).
+
+use crate::sandbox::capability::{Capability, TaskSetup};
+use crate::sandbox::output_capture::TailCapture;
+use crate::sandbox::store::TaskState;
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use wasmtime::component::Linker;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+/// The WASI p2 capability.
+pub struct Wasi;
+
+/// `[activity.wasi]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasiSettings {
+    /// Environment variables granted to the guest.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Host directories the guest may read: host path → path inside the guest.
+    #[serde(default)]
+    pub read_only_dirs: BTreeMap<PathBuf, String>,
+}
+
+/// What of WASI an activity's guests are granted.
+#[derive(Debug, Clone, Default)]
+pub struct WasiGrant {
+    /// Environment variables the guest sees.
+    pub env: Vec<(String, String)>,
+    /// Host directories the guest may read: (host path, path inside the guest).
+    pub read_only_dirs: Vec<(PathBuf, String)>,
+}
+
+impl WasiGrant {
+    /// A WASI context that grants exactly this, with stdout and stderr going to the given
+    /// captures. Fails if a granted directory cannot be opened.
+    pub fn context(&self, stdout: &TailCapture, stderr: &TailCapture) -> Result<WasiCtx> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for (key, value) in &self.env {
+            wasi.env(key, value);
+        }
+        for (host_path, guest_path) in &self.read_only_dirs {
+            wasi.preopened_dir(host_path, guest_path, FsPerms::ReadOnly)
+                .map_err(|err| {
+                    anyhow::anyhow!("granting {} as {guest_path}: {err:#}", host_path.display())
+                })?;
+        }
+        Ok(wasi.build())
+    }
+}
+
+impl Capability for Wasi {
+    type Settings = WasiSettings;
+    type Grant = WasiGrant;
+    type TaskState = WasiCtx;
+
+    fn validate(settings: &WasiSettings) -> Result<()> {
+        for host in settings.read_only_dirs.keys() {
+            if !host.is_dir() {
+                bail!(
+                    "key `read_only_dirs`: {} is not a directory on this host",
+                    host.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn grant(settings: &WasiSettings) -> WasiGrant {
+        WasiGrant {
+            env: settings.env.clone().into_iter().collect(),
+            read_only_dirs: settings.read_only_dirs.clone().into_iter().collect(),
+        }
+    }
+
+    fn task_state(grant: &WasiGrant, task: &TaskSetup<'_>) -> Result<WasiCtx> {
+        grant.context(task.stdout, task.stderr)
+    }
+
+    fn link(linker: &mut Linker<TaskState>) -> Result<()> {
+        wasmtime_wasi::p2::add_to_linker_async(linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI p2")
+    }
+
+    fn provider(import: &str) -> Option<&'static str> {
+        if import.starts_with("wasi:sockets/") {
+            Some("WASI p2 (linked, but every network operation is denied)")
+        } else if import.starts_with("wasi:filesystem/") {
+            Some("WASI p2 (only directories granted by the activity's [activity.wasi] read_only_dirs)")
+        } else if import.starts_with("wasi:cli/environment") {
+            Some("WASI p2 (only variables granted by the activity's [activity.wasi] env)")
+        } else {
+            None
+        }
+    }
+}

@@ -25,26 +25,11 @@ async fn a_guests_log_is_capped_as_its_activitys_host_table_says() {
         ),
     )
     .unwrap();
-    let mut child = worker_command()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("SFN_WASM_WORKER_LOG", "trace,aws=warn,hyper=warn,h2=warn")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut log = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
-        log
-    });
+    let worker = LoggedWorker::start(&config, "trace,aws=warn,hyper=warn,h2=warn");
     // The guest logs five lines, one at each level, each longer than 12 bytes.
     let token = fake.enqueue(&arn, &json!({"behaviour": "log"}).to_string());
     fake.wait_for_result(&token, Duration::from_secs(60)).await;
-    send_signal("TERM", child.id());
-    assert!(child.wait().unwrap().success());
-    let log = log.join().unwrap();
+    let log = worker.stop();
     let guest_lines: Vec<&str> = log
         .lines()
         .filter(|line| line.contains("guest:") || line.contains(" guest "))

@@ -45,6 +45,18 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
 }
 
+/// Enqueues one task per input on `arn` and waits until all are reported; their tokens.
+async fn run_all(fake: &FakeSfn, arn: &str, inputs: &[serde_json::Value]) -> Vec<String> {
+    let tokens: Vec<String> = inputs
+        .iter()
+        .map(|input| fake.enqueue(arn, &input.to_string()))
+        .collect();
+    for token in &tokens {
+        fake.wait_for_result(token, WAIT).await;
+    }
+    tokens
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_scripted_run_and_readiness_follows_the_drain() {
     let fake = FakeSfn::start().await;
@@ -74,13 +86,7 @@ async fn metrics_count_a_scripted_run_and_readiness_follows_the_drain() {
         json!({"behaviour": "fail", "error": "Order.Invalid"}),
         json!({"behaviour": "panic"}),
     ];
-    let tokens: Vec<String> = inputs
-        .iter()
-        .map(|input| fake.enqueue(&arn, &input.to_string()))
-        .collect();
-    for token in &tokens {
-        fake.wait_for_result(token, WAIT).await;
-    }
+    let tokens = run_all(&fake, &arn, &inputs).await;
     assert!(matches!(
         fake.task(&tokens[0]).state,
         TaskState::Succeeded(_)
@@ -329,20 +335,7 @@ async fn no_task_token_is_in_any_log_line_or_metric_even_at_trace_level() {
         ),
     )
     .unwrap();
-    let mut child = worker_command()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("SFN_WASM_WORKER_LOG", "trace")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read as it is written: a full pipe would stop the worker.
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut log = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut log).unwrap();
-        String::from_utf8_lossy(&log).into_owned()
-    });
+    let worker = LoggedWorker::start(&config, "trace");
     let inputs = [
         json!({"behaviour": "echo"}),
         json!({"behaviour": "fail", "error": "Test.Failure"}),
@@ -350,18 +343,9 @@ async fn no_task_token_is_in_any_log_line_or_metric_even_at_trace_level() {
         json!({"behaviour": "heartbeat", "beats": 2}),
         json!({"behaviour": "panic"}),
     ];
-    let tokens: Vec<String> = inputs
-        .iter()
-        .map(|input| fake.enqueue(&arn, &input.to_string()))
-        .collect();
-    for token in &tokens {
-        fake.wait_for_result(token, WAIT).await;
-    }
+    let tokens = run_all(&fake, &arn, &inputs).await;
     let (_, metrics) = get(addr, "/metrics").await;
-    send_signal("TERM", child.id());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    let log = log.join().unwrap();
+    let log = worker.stop();
     assert!(
         log.lines().count() > 50,
         "the trace log is too short to mean anything:\n{log}"

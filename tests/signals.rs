@@ -216,14 +216,21 @@ async fn terminate_within(child: &mut std::process::Child, bound: Duration) -> D
     exit
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_a_spinning_guest_at_the_drain_timeout() {
+/// SIGTERMs a worker whose guest computes forever without calling the host, after a reload
+/// if `reload_first`; the worker must exit in time and report the task `Worker.ShuttingDown`.
+async fn sigterm_stops_a_spinning_guest(name: &str, reload_first: bool) {
     let fake = FakeSfn::start().await;
     fake.set_poll_hold(POLL_HOLD);
-    let arn = fake.create_activity("spinning");
+    let arn = fake.create_activity(name);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 2);
     let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
+    if reload_first {
+        // A reload that changes the activity (its running task keeps the old spec).
+        write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 3);
+        send_signal("HUP", child.id());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     terminate_within(&mut child, DRAIN_TIMEOUT + POLL_HOLD + EXIT_SLACK).await;
     assert!(
         matches!(fake.task(&token).state, TaskState::Failed { ref error, .. } if error == SHUTTING_DOWN),
@@ -233,23 +240,13 @@ async fn sigterm_stops_a_spinning_guest_at_the_drain_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_spinning_guest_at_the_drain_timeout() {
+    sigterm_stops_a_spinning_guest("spinning", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_right_after_a_reload_stops_a_spinning_guest_at_the_drain_timeout() {
-    let fake = FakeSfn::start().await;
-    fake.set_poll_hold(POLL_HOLD);
-    let arn = fake.create_activity("spinning-reloaded");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 2);
-    let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
-    // A reload that changes the activity (its running task keeps the old spec), applied.
-    write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 3);
-    send_signal("HUP", child.id());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    terminate_within(&mut child, DRAIN_TIMEOUT + POLL_HOLD + EXIT_SLACK).await;
-    assert!(
-        matches!(fake.task(&token).state, TaskState::Failed { ref error, .. } if error == SHUTTING_DOWN),
-        "{:?}",
-        fake.task(&token).state
-    );
+    sigterm_stops_a_spinning_guest("spinning-reloaded", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,43 @@ pub fn worker_command() -> Command {
     command
 }
 
+/// The worker binary running `config` at log level `log`, its stderr read as it is written
+/// (a full pipe would stop the worker); [`LoggedWorker::stop`] SIGTERMs it and returns the log.
+pub struct LoggedWorker {
+    /// The worker's process.
+    pub child: std::process::Child,
+    log: std::thread::JoinHandle<String>,
+}
+
+impl LoggedWorker {
+    /// Starts the worker on `config` logging at `log` (an `SFN_WASM_WORKER_LOG` filter).
+    pub fn start(config: &Path, log: &str) -> LoggedWorker {
+        let mut child = worker_command()
+            .args(["run", "--config"])
+            .arg(config)
+            .env("SFN_WASM_WORKER_LOG", log)
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            std::io::Read::read_to_end(&mut stderr, &mut log).unwrap();
+            String::from_utf8_lossy(&log).into_owned()
+        });
+        LoggedWorker { child, log }
+    }
+
+    /// SIGTERMs the worker, asserts it exits 0, and returns everything it logged.
+    pub fn stop(mut self) -> String {
+        send_signal("TERM", self.child.id());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the worker exited {status}");
+        self.log.join().unwrap()
+    }
+}
+
 /// Sends the signal `name` (e.g. `TERM`, `HUP`) to process `pid`.
 pub fn send_signal(name: &str, pid: u32) {
     let sent = Command::new("kill")

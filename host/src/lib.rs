@@ -11,6 +11,7 @@
 //! - [`scaffold`]: new guest projects (`sfn-wasm-worker new`).
 //!
 //! The `sfn-wasm-worker` binary (`main.rs`) is a thin command line over these.
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
 pub mod sandbox;

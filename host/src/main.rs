@@ -424,14 +424,6 @@ fn one_task_runtime(global: &GlobalArgs, max_memory_bytes: u64) -> Result<Runtim
     })
 }
 
-/// The limits `check` and `compile` try a component's start-up under: an activity's defaults.
-fn default_limits() -> TaskLimits {
-    TaskLimits {
-        timeout: DEFAULT_TIMEOUT,
-        memory_limit: DEFAULT_MEMORY_LIMIT,
-    }
-}
-
 fn read_input(args: &InvokeArgs) -> Result<String> {
     if let Some(input) = &args.input {
         return Ok(input.clone());
@@ -449,7 +441,7 @@ fn read_input(args: &InvokeArgs) -> Result<String> {
 
 fn check(component: PathBuf, global: &GlobalArgs) -> Result<ExitCode> {
     let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
-    let report = runtime.inspect(&component, &default_limits())?;
+    let report = runtime.inspect(&component, &TaskLimits::default())?;
     println!("component: {}", component.display());
     println!("world:     {WORLD}");
     println!("imports:");
@@ -486,7 +478,7 @@ fn new_project(language: Language, name: &str, parent: &Path) -> Result<ExitCode
 
 fn compile(component: &Path, output: &Path, global: &GlobalArgs) -> Result<ExitCode> {
     let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
-    let artefact = runtime.precompile(component, &default_limits())?;
+    let artefact = runtime.precompile(component, &TaskLimits::default())?;
     std::fs::write(output, &artefact).with_context(|| format!("writing {}", output.display()))?;
     println!(
         "{} → {} ({} bytes): give it as the activity's component; it loads without compiling \

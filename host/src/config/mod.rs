@@ -26,10 +26,7 @@ pub const MAX_TASKS_IN_FLIGHT: u32 = 100_000;
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
 /// Default long polls kept open per activity.
 pub const DEFAULT_POLLERS: u32 = 1;
-/// Default wall-clock limit per task.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default memory cap per task.
-pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+pub use crate::sandbox::limits::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT};
 /// Task slots the default pool reserves beyond the activities' `max_concurrency` (at least;
 /// see [`Config::pool_tasks`]), so that a reload can add tenants without a restart.
 pub const POOL_HEADROOM_TASKS: u32 = 256;
@@ -145,9 +142,10 @@ impl ActivityConfig {
 
     /// The per-task limits.
     pub fn limits(&self) -> TaskLimits {
+        let defaults = TaskLimits::default();
         TaskLimits {
-            timeout: self.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
-            memory_limit: self.memory_limit.map_or(DEFAULT_MEMORY_LIMIT, |m| m.0),
+            timeout: self.timeout.map_or(defaults.timeout, |t| t.0),
+            memory_limit: self.memory_limit.map_or(defaults.memory_limit, |m| m.0),
         }
     }
 

@@ -23,6 +23,11 @@ pub const COMPONENT_INSTANCE_METADATA_BYTES: usize = 1 << 20;
 /// Bytes of each of stdout and stderr kept per task.
 pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
 
+/// Default wall-clock limit per task.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default memory cap per task.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+
 /// The resources one task's guest may use: set per activity.
 #[derive(Debug, Clone)]
 pub struct TaskLimits {
@@ -30,6 +35,16 @@ pub struct TaskLimits {
     pub timeout: Duration,
     /// Total bytes of linear memory the guest may hold, across all its memories.
     pub memory_limit: u64,
+}
+
+impl Default for TaskLimits {
+    /// An activity's defaults: [`DEFAULT_TIMEOUT`] and [`DEFAULT_MEMORY_LIMIT`].
+    fn default() -> TaskLimits {
+        TaskLimits {
+            timeout: DEFAULT_TIMEOUT,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+        }
+    }
 }
 
 /// Caps a task's total linear memory and remembers a refused grow, so that the trap a

@@ -9,10 +9,12 @@
 //! - `report`: SendTaskSuccess/SendTaskFailure with retries;
 //! - `slots`: the engine's task slots shared out between the activities;
 //! - [`reload`]: hot reload (SIGHUP, component files watched), swapped in atomically;
-//! - [`stats`]: the counters; [`metrics`]: Prometheus metrics and health endpoints;
+//! - [`stats`]: the counters; [`metrics`]: Prometheus metrics; [`endpoints`]: `/metrics`,
+//!   `/healthz` and `/readyz`;
 //!   [`backoff`]: retry delays; [`shutdown`]: signals.
 
 pub mod backoff;
+pub mod endpoints;
 mod heartbeat;
 pub mod metrics;
 mod poller;
@@ -32,7 +34,8 @@ pub use stats::{StatsSnapshot, WorkerStats};
 use crate::config::{ActivityConfig, ValidConfig};
 use crate::sandbox::{Grants, Guest, Runtime, TaskHandler, TaskLimits};
 use anyhow::{bail, Context as _, Result};
-use metrics::{activity_label, Metrics, Readiness};
+use endpoints::Readiness;
+use metrics::{activity_label, Metrics};
 use reload::{FileStamp, ReloadReason};
 use sfn::SfnClient;
 use slots::SlotPool;
@@ -263,9 +266,9 @@ impl Worker {
         let _stop_serving_on_return = stop_serving.clone().drop_guard();
         let readiness = Arc::new(Readiness::new(shutdown.clone()));
         if let Some(addr) = self.metrics_addr {
-            let listener = metrics::bind(addr).await?;
+            let listener = endpoints::bind(addr).await?;
             tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-            tokio::spawn(metrics::serve(
+            tokio::spawn(endpoints::serve(
                 listener,
                 self.metrics.clone(),
                 readiness.clone(),

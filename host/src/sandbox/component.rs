@@ -1,35 +1,20 @@
-//! Components: one engine and linker for the process ([`Runtime`]), and components loaded
-//! once, checked against the `sfn:activity/handler` world and pre-instantiated ([`Guest`]).
+//! Components loaded once, checked against the `sfn:activity/handler` world and
+//! pre-instantiated ([`Guest`], made by [`crate::sandbox::Runtime`]): each task runs in a
+//! fresh store of one.
 
-use crate::sandbox::artefacts::Artefacts;
 use crate::sandbox::bindings::HandlerPre;
-use crate::sandbox::capability::{self, Grants};
-use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker};
+use crate::sandbox::capability::Grants;
+use crate::sandbox::engine::EpochTicker;
 use crate::sandbox::limits::TaskLimits;
 use crate::sandbox::outcome::{Outcome, TaskEnd, INSTANTIATION_FAILED};
 use crate::sandbox::run::{self, HandlerFuture, Task, TaskHandler, TaskStats};
 use crate::sandbox::store::TaskState;
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
-use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Linker};
-use wasmtime::Engine;
 
 /// The world every guest must implement, as named in `wit/`.
 pub const WORLD: &str = "sfn:activity/handler@0.1.0";
-
-/// The activity name a start-up check outside any activity runs under (`check`, `compile`).
-const CHECK_ACTIVITY: &str = "sfn-wasm-worker-check";
-
-/// The engine, the linker holding every host function, and the epoch ticker.
-pub struct Runtime {
-    engine: Engine,
-    settings: EngineSettings,
-    artefacts: Artefacts,
-    linker: Linker<TaskState>,
-    ticker: EpochTicker,
-}
 
 /// A component compiled, checked against the world and pre-instantiated: ready to run
 /// tasks, each in a fresh store. Cheap to clone.
@@ -43,160 +28,29 @@ pub struct Guest {
     ticks: EpochTicker,
 }
 
-/// One import of a component and whether this host provides it.
-#[derive(Debug, Clone)]
-pub struct ImportReport {
-    /// The import's name, e.g. `wasi:cli/stdout@0.2.6`.
-    pub name: String,
-    /// `instance`, `func`, `type`...
-    pub kind: &'static str,
-    /// Who provides it, or why nobody does.
-    pub provider: &'static str,
-}
-
-/// What `check` tells about a component.
-#[derive(Debug)]
-pub struct ComponentReport {
-    /// Every import.
-    pub imports: Vec<ImportReport>,
-    /// Every export name.
-    pub exports: Vec<String>,
-    /// `Ok` when the component can run here; otherwise what is wrong and how to fix it.
-    pub verdict: Result<()>,
-}
-
-impl Runtime {
-    /// Builds the engine for `settings`, starts the epoch ticker and links every
-    /// capability's host functions.
-    pub fn new(settings: &EngineSettings) -> Result<Runtime> {
-        let engine = build_engine(settings)?;
-        let mut linker = Linker::new(&engine);
-        capability::link_all(&mut linker)?;
-        let ticker = EpochTicker::start(&engine)?;
-        Ok(Runtime {
-            artefacts: Artefacts::new(&engine, &settings.cache),
-            engine,
-            settings: settings.clone(),
-            linker,
-            ticker,
-        })
-    }
-
-    /// The engine (shared by every component and store in the process).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// What the engine was sized for (its pool of sandboxes).
-    pub fn settings(&self) -> &EngineSettings {
-        &self.settings
-    }
-
-    /// Compiles (or loads from the cache) the component at `path` and checks it against the
-    /// world: the error names the missing or mismatched item and the fix.
-    pub fn load(&self, path: &Path) -> Result<Guest> {
-        let (component, artefact) = self.artefacts.component(path)?;
-        let mut guest = self.pre_instantiate(path, &component)?;
-        guest.artefact = artefact;
-        Ok(guest)
-    }
-
-    /// Forgets every loaded component but those of `in_use` (after a reload replaced some):
-    /// a replaced one is freed when its last task ends, and loaded again if it comes back.
-    pub fn keep_loaded<'a>(&self, in_use: impl IntoIterator<Item = &'a Guest>) {
-        let keys: std::collections::HashSet<&str> = in_use
-            .into_iter()
-            .filter_map(|guest| guest.artefact.as_deref())
-            .collect();
-        self.artefacts.retain(|key| keys.contains(key));
-    }
-
-    /// Compiles `path` and reports its imports, exports and whether it can run here (its
-    /// start-up tried under `limits`, with no grants).
-    pub fn inspect(&self, path: &Path, limits: &TaskLimits) -> Result<ComponentReport> {
-        let (component, _) = self.artefacts.component(path)?;
-        let ty = component.component_type();
-        let imports = ty
-            .imports(&self.engine)
-            .map(|(name, item)| ImportReport {
-                name: name.to_string(),
-                kind: item_kind(&item.ty),
-                provider: capability::provider_of(name),
-            })
-            .collect();
-        let exports = ty
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let verdict = self.pre_instantiate_and_start(path, &component, limits);
-        Ok(ComponentReport {
-            imports,
-            exports,
-            verdict,
-        })
-    }
-
-    /// How many distinct components (by their bytes) this runtime has loaded: activities
-    /// that use the same component share one.
-    pub fn loaded_components(&self) -> usize {
-        self.artefacts.loaded()
-    }
-
-    /// The precompiled artefact of the component at `path`, after checking it against the
-    /// world and trying its start-up under `limits`, for `sfn-wasm-worker compile`.
-    pub fn precompile(&self, path: &Path, limits: &TaskLimits) -> Result<Vec<u8>> {
-        let (artefact, component) = self.artefacts.precompile(path)?;
-        self.pre_instantiate_and_start(path, &component, limits)?;
-        Ok(artefact)
-    }
-
-    /// [`Runtime::pre_instantiate`], then the start-up tried under `limits` with no grants,
-    /// for the commands that load a component outside any activity (`check`, `compile`).
-    fn pre_instantiate_and_start(
-        &self,
-        path: &Path,
-        component: &Component,
-        limits: &TaskLimits,
-    ) -> Result<()> {
-        self.pre_instantiate(path, component)?.check_start_up(
-            CHECK_ACTIVITY,
-            limits,
-            &Grants::default(),
-        )
-    }
-
-    fn pre_instantiate(&self, path: &Path, component: &Component) -> Result<Guest> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!(
-                    "{} imports something this host does not provide; guests may import \
-                 sfn:activity/host@0.1.0 and WASI p2 (wasi:*@0.2.x) only",
-                    path.display()
-                )
-            })?;
-        let pre = HandlerPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-            format!(
-                "{} does not implement the world {WORLD}: it must export \
-                 `handle: func(input: string, context: task-context) -> result<string, task-error>`; \
-                 rebuild it against this version's wit/ directory",
-                path.display()
-            )
-        })?;
-        Ok(Guest {
+impl Guest {
+    /// A guest of the component at `path`, pre-instantiated as `pre`; `ticks` keeps the
+    /// epoch ticker running for as long as it may run tasks.
+    pub(crate) fn new(path: &Path, pre: HandlerPre<TaskState>, ticks: EpochTicker) -> Guest {
+        Guest {
             path: path.into(),
             artefact: None,
             pre,
-            ticks: self.ticker.clone(),
-        })
+            ticks,
+        }
     }
-}
 
-impl Guest {
+    /// The same guest, known among the runtime's loaded components by `artefact`.
+    pub(crate) fn with_artefact(mut self, artefact: Option<Arc<str>>) -> Guest {
+        self.artefact = artefact;
+        self
+    }
+
+    /// The key of its component among the runtime's loaded components, if it has one.
+    pub(crate) fn artefact(&self) -> Option<&str> {
+        self.artefact.as_deref()
+    }
+
     /// Runs one task in a fresh, isolated store and returns how it ended.
     pub async fn run(
         &self,
@@ -277,17 +131,5 @@ impl TaskHandler for Guest {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
-    }
-}
-
-fn item_kind(item: &ComponentItem) -> &'static str {
-    match item {
-        ComponentItem::ComponentFunc(_) => "func",
-        ComponentItem::CoreFunc(_) => "core func",
-        ComponentItem::Module(_) => "module",
-        ComponentItem::Component(_) => "component",
-        ComponentItem::ComponentInstance(_) => "instance",
-        ComponentItem::Type(_) => "type",
-        ComponentItem::Resource(_) => "resource",
     }
 }

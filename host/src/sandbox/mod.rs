@@ -2,7 +2,9 @@
 //! Step Functions.
 //!
 //! - [`engine`]: the process-wide wasmtime engine (instance pool, epoch ticker, cache);
-//! - [`component`]: loading a component, checking it against the world, pre-instantiating it;
+//! - [`runtime`]: the engine and linker of the process; loading a component, checking it
+//!   against the world, pre-instantiating it, reporting on it (`check`);
+//! - [`component`]: a loaded component ([`Guest`]) running one task or its start-up check;
 //! - [`artefacts`]: compiled components, cached and mapped from files, loaded once;
 //! - [`limits`]: the one table of per-task limits (pool slots, store limiter, memory cap);
 //! - [`capability`]: the one list of capabilities an activity may grant its guests, each
@@ -28,11 +30,13 @@ pub mod outbound;
 pub mod outcome;
 pub mod output_capture;
 pub mod run;
+pub mod runtime;
 pub mod store;
 pub mod wasi;
 
 pub use capability::{CapabilitySettings, Grants};
-pub use component::{Guest, Runtime, WORLD};
+pub use component::{Guest, WORLD};
 pub use limits::TaskLimits;
 pub use outcome::{Outcome, TaskEnd};
 pub use run::{HandlerFuture, Phases, Task, TaskHandler, TaskStats};
+pub use runtime::Runtime;

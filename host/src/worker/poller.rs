@@ -1,11 +1,12 @@
 //! One poller: take a free slot of the activity, long-poll GetActivityTask, hand the task
 //! to its own tokio task (which keeps the slot until it has reported), repeat.
 
+use crate::worker::activity::{Activity, Shared};
 use crate::worker::backoff::Backoff;
 use crate::worker::metrics::activity_label;
 use crate::worker::sfn::ApiError;
 use crate::worker::stats::bump;
-use crate::worker::{task, Activity, Shared};
+use crate::worker::task;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,9 +10,9 @@
 
 use crate::config::{ActivityConfig, Config, ValidConfig};
 use crate::sandbox::{Grants, Guest, Runtime};
+use crate::worker::activity::ActivitySpec;
 use crate::worker::metrics::{activity_label, Metrics};
 use crate::worker::sfn::ActivityClients;
-use crate::worker::ActivitySpec;
 use anyhow::{bail, Context as _, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -3,12 +3,12 @@
 
 use crate::sandbox::host_api::{Interrupt, InterruptReason};
 use crate::sandbox::{Outcome, Task, TaskEnd, TaskStats};
+use crate::worker::activity::{ActivitySpec, Shared};
 use crate::worker::heartbeat::TaskHeartbeat;
 use crate::worker::metrics::{activity_label, Metrics, OutboundLabels};
 use crate::worker::report::{report, ReportError};
 use crate::worker::sfn::ActivityTask;
 use crate::worker::stats::bump;
-use crate::worker::{ActivitySpec, Shared};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;

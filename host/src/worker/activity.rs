@@ -3,8 +3,8 @@
 
 use crate::config::ActivityConfig;
 use crate::sandbox::{Grants, Guest, TaskHandler, TaskLimits};
+use crate::worker::loading::FileStamp;
 use crate::worker::metrics::Metrics;
-use crate::worker::reload::FileStamp;
 use crate::worker::sfn::SfnClient;
 use crate::worker::stats::WorkerStats;
 use std::sync::atomic::AtomicBool;

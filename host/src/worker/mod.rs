@@ -11,6 +11,8 @@
 //! - `heartbeat`: SendTaskHeartbeat on an interval and on the guest's request;
 //! - `report`: SendTaskSuccess/SendTaskFailure with retries;
 //! - `slots`: the engine's task slots shared out between the activities;
+//! - `loading`: components loaded, checked and stamped, at start-up and on reload, and a
+//!   reload's new state prepared;
 //! - [`reload`]: hot reload (SIGHUP, component files watched), swapped in atomically;
 //! - [`stats`]: the counters; [`metrics`]: Prometheus metrics; [`endpoints`]: `/metrics`,
 //!   `/healthz` and `/readyz`;
@@ -20,6 +22,7 @@ mod activity;
 pub mod backoff;
 pub mod endpoints;
 mod heartbeat;
+mod loading;
 pub mod metrics;
 mod poller;
 pub mod reload;
@@ -79,7 +82,7 @@ impl Worker {
         let mut load_seconds = Vec::new();
         for activity in &config.activities {
             let grants = activity.grants();
-            let (guest, stamp, seconds) = reload::load_stamped(runtime, activity, &grants)?;
+            let (guest, stamp, seconds) = loading::load_stamped(runtime, activity, &grants)?;
             load_seconds.push(seconds);
             specs.push(ActivitySpec::new(
                 activity.clone(),
@@ -223,7 +226,7 @@ impl Worker {
         let (apply, mut reloads) = mpsc::unbounded_channel();
         let stop_reloading = CancellationToken::new();
         if let Some((source, trigger, requests)) = self.reload {
-            let served = reload::Served {
+            let served = loading::Served {
                 config: self.config,
                 specs: self.specs,
             };

@@ -6,18 +6,20 @@
 //! get the new ones; added activities start polling, removed ones stop and drain. Anything
 //! that fails, or cannot apply without a restart (a `[worker]` change, more task slots or
 //! memory than the engine reserved), refuses the whole reload with a log line naming the
-//! reason, and the running state keeps serving.
+//! reason, and the running state keeps serving. This module watches and triggers; the
+//! loading itself is [`crate::worker::loading`]'s, as at start-up.
 
-use crate::config::{ActivityConfig, Config, ValidConfig};
-use crate::sandbox::{Grants, Guest, Runtime};
+use crate::config::Config;
+use crate::sandbox::Runtime;
 use crate::worker::activity::ActivitySpec;
-use crate::worker::metrics::{activity_label, Metrics};
+use crate::worker::loading::{prepare, Served};
+use crate::worker::metrics::Metrics;
 use crate::worker::sfn::ActivityClients;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -77,77 +79,6 @@ pub async fn reload_on_sighup(trigger: ReloadTrigger) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A component file's identity when it was loaded: a file replaced or rewritten since
-/// differs in one of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-impl FileStamp {
-    /// The stamp of the file at `path` now.
-    pub(crate) fn of(path: &Path) -> Result<FileStamp> {
-        use std::os::unix::fs::MetadataExt as _;
-        let metadata = std::fs::metadata(path)
-            .with_context(|| format!("reading component {}", path.display()))?;
-        Ok(FileStamp {
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            inode: metadata.ino(),
-        })
-    }
-}
-
-/// Loads `activity`'s component with `runtime`, tries its start-up under the activity's
-/// limits and `grants` (the very grants its tasks will run with), and stamps its file;
-/// returns both and the seconds it took. The error names the activity and its `component`
-/// key.
-pub(crate) fn load_stamped(
-    runtime: &Runtime,
-    activity: &ActivityConfig,
-    grants: &Grants,
-) -> Result<(Guest, FileStamp, f64)> {
-    let loading = Instant::now();
-    let path = &activity.component;
-    let (guest, stamp) = FileStamp::of(path)
-        .and_then(|stamp| {
-            let guest = runtime.load(path)?;
-            guest.check_start_up(&activity.arn, &activity.limits(), grants)?;
-            Ok((guest, stamp))
-        })
-        .with_context(|| format!("activity {}: key `component`", activity.arn))?;
-    Ok((guest, stamp, loading.elapsed().as_secs_f64()))
-}
-
-/// [`load_stamped`] off the async threads (a large guest takes seconds to compile), with
-/// the time it took recorded.
-pub(crate) async fn load_component(
-    runtime: &Arc<Runtime>,
-    activity: &ActivityConfig,
-    grants: &Grants,
-    metrics: &Metrics,
-) -> Result<(Guest, FileStamp)> {
-    let (runtime, config, grants) = (runtime.clone(), activity.clone(), grants.clone());
-    let (guest, stamp, seconds) =
-        tokio::task::spawn_blocking(move || load_stamped(&runtime, &config, &grants))
-            .await
-            .context("the component loading thread panicked")??;
-    metrics
-        .component_load_seconds
-        .get_or_create(&activity_label(&activity.arn))
-        .set(seconds);
-    Ok((guest, stamp))
-}
-
-/// The state a reload starts from and produces: the configuration and each activity's spec,
-/// in the configuration's order.
-pub(crate) struct Served {
-    pub(crate) config: ValidConfig,
-    pub(crate) specs: Vec<Arc<ActivitySpec>>,
-}
-
 /// Serves reload requests until `stop`: debounces them, prepares the new state and sends
 /// it on `apply` (the worker counts it applied once it has swapped it in). Watches the component files while the configuration asks for it.
 pub(crate) async fn reload_loop(
@@ -179,7 +110,19 @@ pub(crate) async fn reload_loop(
                 _ = stop.cancelled() => return,
             }
         }
-        match prepare(&source, &served, reason, &metrics).await {
+        let prepared = match reason {
+            ReloadReason::Components => Ok(None),
+            ReloadReason::Config => {
+                (source.read_config)().and_then(|config| config.validate().map(Some))
+            }
+        };
+        let prepared = match prepared {
+            Ok(config) => {
+                prepare(&source.runtime, &source.clients, &served, config, &metrics).await
+            }
+            Err(err) => Err(err),
+        };
+        match prepared {
             Ok(None) => tracing::debug!(?reason, "reload: nothing changed"),
             Ok(Some(next)) => {
                 if apply.send(next.specs.clone()).is_err() {
@@ -202,114 +145,6 @@ pub(crate) async fn reload_loop(
             }
         }
     }
-}
-
-/// The state `reason` asks for, or `None` when it is the running one. Reuses what did not
-/// change (a component whose file is as it was, clients whose role is the same).
-async fn prepare(
-    source: &ReloadSource,
-    served: &Served,
-    reason: ReloadReason,
-    metrics: &Metrics,
-) -> Result<Option<Served>> {
-    let config = match reason {
-        ReloadReason::Components => served.config.clone(),
-        ReloadReason::Config => {
-            let config = (source.read_config)()?.validate()?;
-            fits_the_running_engine(&config, &served.config, &source.runtime)?;
-            config
-        }
-    };
-    let mut specs = Vec::with_capacity(config.activities.len());
-    for activity in &config.activities {
-        let old = served
-            .specs
-            .iter()
-            .find(|spec| spec.config.arn == activity.arn);
-        let unchanged_component = match old.and_then(|old| Some((old, old.loaded.as_ref()?))) {
-            Some((old, (guest, stamp)))
-                if old.config.component == activity.component
-                    && FileStamp::of(&activity.component).ok() == Some(*stamp) =>
-            {
-                Some((guest.clone(), *stamp))
-            }
-            _ => None,
-        };
-        if let (Some(old), Some(_)) = (old, &unchanged_component) {
-            if old.config == *activity {
-                specs.push(old.clone());
-                continue;
-            }
-        }
-        let grants = activity.grants();
-        let loaded = match unchanged_component {
-            Some(loaded) => loaded,
-            None => {
-                let loaded = load_component(&source.runtime, activity, &grants, metrics).await?;
-                tracing::info!(
-                    activity = %activity.arn,
-                    component = %activity.component.display(),
-                    "reload: component loaded; new tasks run it"
-                );
-                loaded
-            }
-        };
-        let client = match old {
-            Some(old)
-                if old.config.role_arn == activity.role_arn
-                    && old.config.external_id == activity.external_id =>
-            {
-                old.client.clone()
-            }
-            _ => source.clients.for_activity(activity).await,
-        };
-        specs.push(Arc::new(ActivitySpec::new(
-            activity.clone(),
-            client,
-            Arc::new(loaded.0.clone()),
-            Some(loaded),
-            grants,
-        )));
-    }
-    let unchanged = specs.len() == served.specs.len()
-        && specs
-            .iter()
-            .zip(&served.specs)
-            .all(|(new, old)| Arc::ptr_eq(new, old));
-    Ok((!unchanged).then_some(Served { config, specs }))
-}
-
-/// Refuses a configuration that the running engine or process cannot serve without a
-/// restart, saying why.
-fn fits_the_running_engine(
-    config: &ValidConfig,
-    running: &ValidConfig,
-    runtime: &Runtime,
-) -> Result<()> {
-    if config.worker != running.worker {
-        bail!(
-            "the [worker] section changed; it applies on restart (put it back to reload the rest)"
-        );
-    }
-    let engine = runtime.settings();
-    if config.total_concurrency() > engine.max_concurrent_tasks {
-        bail!(
-            "the activities' max_concurrency adds up to {} but the engine reserved {} task \
-             slots at start-up: restart to apply, or set [worker] pool_tasks higher next time \
-             to leave room",
-            config.total_concurrency(),
-            engine.max_concurrent_tasks
-        );
-    }
-    if config.max_memory_limit() > engine.max_memory_bytes {
-        bail!(
-            "a memory_limit of {} is more than the {} per task the engine reserved at start-up: \
-             restart to apply, or set [worker] pool_memory_limit higher next time",
-            crate::config::units::ByteSize(config.max_memory_limit()),
-            crate::config::units::ByteSize(engine.max_memory_bytes)
-        );
-    }
-    Ok(())
 }
 
 /// Watches the directories of the activities' component files and asks for a reload of the

@@ -140,6 +140,52 @@ impl ActivityConfig {
         }
     }
 
+    /// Checks what serde cannot; the error names the key (the caller names the activity).
+    fn check(&self) -> Result<()> {
+        validate_arn(&self.arn).context("key `arn`")?;
+        if self.component.is_dir() {
+            bail!(
+                "key `component`: {} is a directory; give the component's .wasm file",
+                self.component.display()
+            );
+        }
+        if !self.component.is_file() {
+            bail!(
+                "key `component`: {} does not exist; build the guest (guest/build.sh) or fix the path",
+                self.component.display()
+            );
+        }
+        if self.max_concurrency == 0 {
+            bail!("key `max_concurrency` must be at least 1");
+        }
+        if self.pollers == 0 || self.pollers > self.max_concurrency.min(MAX_POLLERS_PER_ACTIVITY) {
+            bail!(
+                "key `pollers` is {} but must be between 1 and max_concurrency ({}) and at most \
+                 {MAX_POLLERS_PER_ACTIVITY}: each open poll holds a free task slot",
+                self.pollers,
+                self.max_concurrency
+            );
+        }
+        let limits = self.limits();
+        if limits.timeout.is_zero() {
+            bail!("key `timeout` must be more than 0s");
+        }
+        if limits.memory_limit < 1 << 20 {
+            bail!("key `memory_limit` must be at least 1MiB");
+        }
+        if let Some(HumanDuration(interval)) = self.heartbeat_interval {
+            if interval < Duration::from_secs(1) {
+                bail!("key `heartbeat_interval` must be at least 1s");
+            }
+        }
+        if let Some(role) = &self.role_arn {
+            validate_role_arn(role).context("key `role_arn`")?;
+        } else if self.external_id.is_some() {
+            bail!("key `external_id` needs `role_arn`: it is sent when assuming that role");
+        }
+        self.capabilities.validate()
+    }
+
     /// The per-task limits.
     pub fn limits(&self) -> TaskLimits {
         let defaults = TaskLimits::default();
@@ -226,6 +272,22 @@ impl Config {
                 bail!("[worker] drain_timeout must be more than 0s");
             }
         }
+        self.check_pool()?;
+        let mut seen = HashSet::new();
+        for (index, activity) in self.activities.iter().enumerate() {
+            let at = format!("activity[{index}] ({})", activity.arn);
+            if !seen.insert(activity.arn.as_str()) {
+                validate_arn(&activity.arn).with_context(|| format!("{at}: key `arn`"))?;
+                bail!("{at}: key `arn`: this activity is listed twice; merge the two tables");
+            }
+            activity.check().with_context(|| at.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The engine's pool holds every activity's tasks and memory, within one process's
+    /// bounds.
+    fn check_pool(&self) -> Result<()> {
         if self.pool_tasks() > MAX_TASKS_IN_FLIGHT {
             let what = match self.worker.pool_tasks {
                 Some(pool_tasks) => format!("[worker] pool_tasks is {pool_tasks}"),
@@ -258,62 +320,6 @@ impl Config {
                 ByteSize(self.pool_memory_limit()),
                 ByteSize(self.max_memory_limit())
             );
-        }
-        let mut seen = HashSet::new();
-        for (index, activity) in self.activities.iter().enumerate() {
-            let at = format!("activity[{index}] ({})", activity.arn);
-            validate_arn(&activity.arn).with_context(|| format!("{at}: key `arn`"))?;
-            if !seen.insert(activity.arn.as_str()) {
-                bail!("{at}: key `arn`: this activity is listed twice; merge the two tables");
-            }
-            if activity.component.is_dir() {
-                bail!(
-                    "{at}: key `component`: {} is a directory; give the component's .wasm file",
-                    activity.component.display()
-                );
-            }
-            if !activity.component.is_file() {
-                bail!(
-                    "{at}: key `component`: {} does not exist; build the guest (guest/build.sh) or fix the path",
-                    activity.component.display()
-                );
-            }
-            if activity.max_concurrency == 0 {
-                bail!("{at}: key `max_concurrency` must be at least 1");
-            }
-            if activity.pollers == 0
-                || activity.pollers > activity.max_concurrency.min(MAX_POLLERS_PER_ACTIVITY)
-            {
-                bail!(
-                    "{at}: key `pollers` is {} but must be between 1 and max_concurrency ({}) and at most \
-                     {MAX_POLLERS_PER_ACTIVITY}: each open poll holds a free task slot",
-                    activity.pollers,
-                    activity.max_concurrency
-                );
-            }
-            let limits = activity.limits();
-            if limits.timeout.is_zero() {
-                bail!("{at}: key `timeout` must be more than 0s");
-            }
-            if limits.memory_limit < 1 << 20 {
-                bail!("{at}: key `memory_limit` must be at least 1MiB");
-            }
-            if let Some(HumanDuration(interval)) = activity.heartbeat_interval {
-                if interval < Duration::from_secs(1) {
-                    bail!("{at}: key `heartbeat_interval` must be at least 1s");
-                }
-            }
-            if let Some(role) = &activity.role_arn {
-                validate_role_arn(role).with_context(|| format!("{at}: key `role_arn`"))?;
-            } else if activity.external_id.is_some() {
-                bail!(
-                    "{at}: key `external_id` needs `role_arn`: it is sent when assuming that role"
-                );
-            }
-            activity
-                .capabilities
-                .validate()
-                .with_context(|| at.clone())?;
         }
         Ok(())
     }
@@ -551,128 +557,88 @@ mod tests {
     #[test]
     fn errors_name_the_file_the_key_and_the_fix() {
         let arn = "arn:aws:states:us-east-1:1:activity:a";
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurency = 3\n"
-        ));
-        assert!(
-            err.contains("worker.toml") && err.contains("unknown key `max_concurency`"),
-            "{err}"
-        );
-
-        let err = load_error("[[activity]]\narn = \"orders\"\ncomponent = \"g.wasm\"\n");
-        assert!(
-            err.contains("key `arn`") && err.contains("arn:aws:states:REGION"),
-            "{err}"
-        );
-
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"missing.wasm\"\n"
-        ));
-        assert!(
-            err.contains("key `component`") && err.contains("missing.wasm does not exist"),
-            "{err}"
-        );
-
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\ntimeout = \"soon\"\n"
-        ));
-        assert!(err.contains("invalid duration \"soon\""), "{err}");
-
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 2\npollers = 3\n"
-        ));
-        assert!(err.contains("key `pollers`"), "{err}");
-
-        for (key_and_value, key) in [
-            ("max_concurrency = \"four\"", "max_concurrency"),
-            ("pollers = -1", "pollers"),
-            ("timeout = 30", "timeout"),
-            ("memory_limit = \"-5MiB\"", "memory_limit"),
-            ("[activity.wasi]\nenv = [\"A=1\"]", "[activity.wasi]"),
+        let one = |extra: &str| {
+            format!("[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n{extra}\n")
+        };
+        // (what is wrong, the file, what the error must say: every piece).
+        let cases: Vec<(&str, String, Vec<&str>)> = vec![
+            ("a misspelt key", one("max_concurency = 3"), vec!["worker.toml", "unknown key `max_concurency`"]),
             (
-                "[activity.outbound]\nallowed_hosts = \"https://x.example\"",
-                "[activity.outbound]",
+                "an ARN that is not one",
+                "[[activity]]\narn = \"orders\"\ncomponent = \"g.wasm\"\n".into(),
+                vec!["key `arn`", "arn:aws:states:REGION"],
             ),
             (
-                "[activity.host]\nmax_log_lines = \"many\"",
-                "[activity.host]",
-            ),
-        ] {
-            let err = load_error(&format!(
-                "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n{key_and_value}\n"
-            ));
-            assert!(
-                err.contains("worker.toml") && (err.contains(key) || err.contains("invalid size")),
-                "{key_and_value}: {err}"
-            );
-        }
-
-        let err = load_error(&format!(
-            "[worker]\npool_tasks = 3\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4\n"
-        ));
-        assert!(
-            err.contains("pool_tasks is 3") && err.contains("adds up to 4"),
-            "{err}"
-        );
-
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \".\"\n"
-        ));
-        assert!(
-            err.contains("key `component`") && err.contains("is a directory"),
-            "{err}"
-        );
-
-        for (config, said) in [
-            (
-                format!("[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4000000000\npollers = 1\n"),
-                "max_concurrency adds up to 4000000000",
+                "a missing component",
+                format!("[[activity]]\narn = \"{arn}\"\ncomponent = \"missing.wasm\"\n"),
+                vec!["key `component`", "missing.wasm does not exist"],
             ),
             (
+                "a directory as the component",
+                format!("[[activity]]\narn = \"{arn}\"\ncomponent = \".\"\n"),
+                vec!["key `component`", "is a directory"],
+            ),
+            ("a duration that is not one", one("timeout = \"soon\""), vec!["invalid duration \"soon\""]),
+            ("more pollers than slots", one("max_concurrency = 2\npollers = 3"), vec!["key `pollers`"]),
+            ("a word as a number", one("max_concurrency = \"four\""), vec!["worker.toml", "max_concurrency"]),
+            ("a negative number", one("pollers = -1"), vec!["worker.toml", "pollers"]),
+            ("a number as a duration", one("timeout = 30"), vec!["worker.toml", "timeout"]),
+            ("a negative size", one("memory_limit = \"-5MiB\""), vec!["worker.toml", "invalid size"]),
+            ("a list as a table", one("[activity.wasi]\nenv = [\"A=1\"]"), vec!["worker.toml", "[activity.wasi]", "env"]),
+            (
+                "a string as a list",
+                one("[activity.outbound]\nallowed_hosts = \"https://x.example\""),
+                vec!["worker.toml", "[activity.outbound]", "allowed_hosts"],
+            ),
+            ("a word as a count", one("[activity.host]\nmax_log_lines = \"many\""), vec!["worker.toml", "[activity.host]", "max_log_lines"]),
+            (
+                "a pool smaller than the activities",
+                format!("[worker]\npool_tasks = 3\n{}", one("max_concurrency = 4")),
+                vec!["pool_tasks is 3", "adds up to 4"],
+            ),
+            (
+                "more tasks than a process may hold",
+                one("max_concurrency = 4000000000\npollers = 1"),
+                vec!["max_concurrency adds up to 4000000000", "100000 tasks", "more worker processes"],
+            ),
+            (
+                "two activities past u32 together",
                 format!(
-                    "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4294967295\n\
-                     [[activity]]\narn = \"{arn}2\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4294967295\n"
+                    "{}[[activity]]\narn = \"{arn}2\"\ncomponent = \"g.wasm\"\nmax_concurrency = 4294967295\n",
+                    one("max_concurrency = 4294967295")
                 ),
-                "adds up to 8589934590",
+                vec!["adds up to 8589934590", "100000 tasks", "more worker processes"],
             ),
             (
-                format!("[worker]\npool_tasks = 200000\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"),
-                "pool_tasks is 200000",
+                "a pool past a process's tasks",
+                format!("[worker]\npool_tasks = 200000\n{}", one("")),
+                vec!["pool_tasks is 200000", "100000 tasks", "more worker processes"],
             ),
-        ] {
-            let err = load_error(&config);
-            assert!(
-                err.contains(said) && err.contains("100000 tasks") && err.contains("more worker processes"),
-                "{err}"
-            );
-        }
-
-        let err = load_error(&format!(
-            "[worker]\npool_memory_limit = \"64MiB\"\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"
-        ));
+            (
+                "a pool memory below an activity's",
+                format!("[worker]\npool_memory_limit = \"64MiB\"\n{}", one("")),
+                vec!["pool_memory_limit is 64MiB", "128MiB"],
+            ),
+            ("an activity listed twice", format!("{}{}", one(""), one("")), vec!["listed twice"]),
+            ("no activity", "[worker]\nname = \"w\"\n".into(), vec!["no activities"]),
+            ("a role that is not an IAM role", one("role_arn = \"tenant-b\""), vec!["key `role_arn`", "arn:aws:iam::ACCOUNT:role/NAME"]),
+            ("an external id without a role", one("external_id = \"x\""), vec!["key `external_id` needs `role_arn`"]),
+        ];
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|(what, text, said)| {
+                let err = load_error(text);
+                let missing: Vec<&&str> =
+                    said.iter().filter(|piece| !err.contains(**piece)).collect();
+                (!missing.is_empty()).then(|| format!("{what}: no {missing:?} in: {err}"))
+            })
+            .collect();
         assert!(
-            err.contains("pool_memory_limit is 64MiB") && err.contains("128MiB"),
-            "{err}"
+            failures.is_empty(),
+            "{} of {} cases:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n\n")
         );
-
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\n"
-        ));
-        assert!(err.contains("listed twice"), "{err}");
-
-        let err = load_error("[worker]\nname = \"w\"\n");
-        assert!(err.contains("no activities"), "{err}");
-
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nrole_arn = \"tenant-b\"\n"
-        ));
-        assert!(
-            err.contains("key `role_arn`") && err.contains("arn:aws:iam::ACCOUNT:role/NAME"),
-            "{err}"
-        );
-        let err = load_error(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"g.wasm\"\nexternal_id = \"x\"\n"
-        ));
-        assert!(err.contains("key `external_id` needs `role_arn`"), "{err}");
     }
 }

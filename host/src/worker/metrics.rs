@@ -129,82 +129,31 @@ impl Default for Metrics {
             process_resident_memory: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("tasks", "Tasks finished", metrics.tasks.clone());
-        registry.register(
-            "task_seconds",
-            "Time from receiving a task to its report",
-            metrics.task_seconds.clone(),
-        );
-        registry.register(
-            "sandbox_seconds",
-            "Time a task spent in its sandbox",
-            metrics.sandbox_seconds.clone(),
-        );
-        registry.register(
-            "guest_peak_memory_bytes",
-            "The most linear memory a guest of the activity has held",
-            metrics.guest_peak_memory.clone(),
-        );
-        registry.register(
-            "tasks_in_flight",
-            "Tasks running now",
-            metrics.in_flight.clone(),
-        );
-        registry.register(
-            "free_slots",
-            "Task slots neither running a task nor held by an open poll",
-            metrics.free_slots.clone(),
-        );
-        registry.register(
-            "open_polls",
-            "GetActivityTask long polls open now",
-            metrics.open_polls.clone(),
-        );
-        registry.register(
-            "empty_polls",
-            "Polls answered without a task",
-            metrics.empty_polls.clone(),
-        );
-        registry.register(
-            "api_calls",
-            "Step Functions calls made",
-            metrics.api_calls.clone(),
-        );
-        registry.register(
-            "api_errors",
-            "Step Functions calls that failed",
-            metrics.api_errors.clone(),
-        );
-        registry.register(
-            "heartbeats",
-            "SendTaskHeartbeat calls, sent or failed",
-            metrics.heartbeats.clone(),
-        );
-        registry.register(
-            "reports",
-            "Report attempts retried, and reports lost",
-            metrics.reports.clone(),
-        );
-        registry.register(
-            "outbound_requests",
-            "Guests' outbound HTTP requests by status class",
-            metrics.outbound.clone(),
-        );
-        registry.register(
-            "component_load_seconds",
-            "Time to load each activity's component",
-            metrics.component_load_seconds.clone(),
-        );
-        registry.register(
-            "reloads",
-            "Reloads applied or refused",
-            metrics.reloads.clone(),
-        );
-        registry.register(
-            "process_resident_memory_bytes",
-            "Resident memory of the worker process",
-            metrics.process_resident_memory.clone(),
-        );
+        // (name, help, metric): one line each.
+        macro_rules! register {
+            ($(($name:literal, $help:literal, $metric:ident)),* $(,)?) => {
+                $(registry.register($name, $help, metrics.$metric.clone());)*
+            };
+        }
+        #[rustfmt::skip]
+        register![
+            ("tasks", "Tasks finished", tasks),
+            ("task_seconds", "Time from receiving a task to its report", task_seconds),
+            ("sandbox_seconds", "Time a task spent in its sandbox", sandbox_seconds),
+            ("guest_peak_memory_bytes", "The most linear memory a guest of the activity has held", guest_peak_memory),
+            ("tasks_in_flight", "Tasks running now", in_flight),
+            ("free_slots", "Task slots neither running a task nor held by an open poll", free_slots),
+            ("open_polls", "GetActivityTask long polls open now", open_polls),
+            ("empty_polls", "Polls answered without a task", empty_polls),
+            ("api_calls", "Step Functions calls made", api_calls),
+            ("api_errors", "Step Functions calls that failed", api_errors),
+            ("heartbeats", "SendTaskHeartbeat calls, sent or failed", heartbeats),
+            ("reports", "Report attempts retried, and reports lost", reports),
+            ("outbound_requests", "Guests' outbound HTTP requests by status class", outbound),
+            ("component_load_seconds", "Time to load each activity's component", component_load_seconds),
+            ("reloads", "Reloads applied or refused", reloads),
+            ("process_resident_memory_bytes", "Resident memory of the worker process", process_resident_memory),
+        ];
         Metrics {
             registry,
             ..metrics

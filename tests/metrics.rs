@@ -71,14 +71,7 @@ async fn metrics_count_a_scripted_run_and_readiness_follows_the_drain() {
         },
         activities: vec![ActivityConfig::new(arn.clone(), guest_path("adversary"))],
     };
-    let worker = Worker::new(
-        runtime(),
-        &config.validate().unwrap(),
-        SfnClient::new(&fake.sdk_config().await),
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = RunningWorker::start(&fake, config).await;
 
     let inputs = [
         json!({"behaviour": "echo"}),
@@ -173,12 +166,12 @@ async fn metrics_count_a_scripted_run_and_readiness_follows_the_drain() {
     // Draining: not ready any more, while the open poll is still awaited.
     fake.set_poll_hold(Duration::from_secs(3));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    shutdown.cancel();
+    worker.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, body) = get(addr, "/readyz").await;
     assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
     assert_eq!(get(addr, "/healthz").await.0, 200);
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]

@@ -13,13 +13,10 @@ use sfn_wasm_worker::sandbox::outbound::client::{ResolveFuture, Resolver};
 use sfn_wasm_worker::sandbox::outbound::policy::Allowlist;
 use sfn_wasm_worker::sandbox::outbound::{OutboundGrant, OutboundLimits};
 use sfn_wasm_worker::sandbox::{Grants, Outcome, TaskEnd, TaskLimits};
-use sfn_wasm_worker::worker::sfn::SfnClient;
-use sfn_wasm_worker::worker::Worker;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// A resolver that answers from a table, and counts its lookups.
 #[derive(Default)]
@@ -342,14 +339,7 @@ async fn two_activities_in_one_worker_cannot_use_each_others_grants() {
         },
         activities: vec![activity(&arn_a, &first), activity(&arn_b, &second)],
     };
-    let worker = Worker::new(
-        runtime(),
-        &config.validate().unwrap(),
-        SfnClient::new(&fake.sdk_config().await),
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = RunningWorker::start(&fake, config).await;
     let call = |arn: &str, service: &HttpService| {
         fake.enqueue(
             arn,
@@ -376,8 +366,7 @@ async fn two_activities_in_one_worker_cannot_use_each_others_grants() {
         }
     }
     assert_eq!((first.requests(), second.requests()), (1, 1));
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,12 +9,8 @@ use serde_json::{json, Value};
 use sfn_fake::{FakeSfn, Fault, Op, TaskState};
 use sfn_wasm_worker::config::units::HumanDuration;
 use sfn_wasm_worker::config::{ActivityConfig, Config, WorkerSection};
-use sfn_wasm_worker::worker::sfn::SfnClient;
-use sfn_wasm_worker::worker::{StatsSnapshot, Worker, WorkerStats};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -22,47 +18,21 @@ fn activity(arn: &str, guest: &str) -> ActivityConfig {
     ActivityConfig::new(arn.to_string(), guest_path(guest))
 }
 
-struct RunningWorker {
-    shutdown: CancellationToken,
-    handle: JoinHandle<anyhow::Result<StatsSnapshot>>,
-    stats: Arc<WorkerStats>,
-}
-
-impl RunningWorker {
-    async fn start(
-        fake: &FakeSfn,
-        activities: Vec<ActivityConfig>,
-        drain_timeout: Duration,
-    ) -> RunningWorker {
-        let config = Config {
-            worker: WorkerSection {
-                name: Some("test-worker-1".into()),
-                drain_timeout: Some(HumanDuration(drain_timeout)),
-                ..Default::default()
-            },
-            activities,
-        };
-        let client = SfnClient::new(&fake.sdk_config().await);
-        let worker = Worker::new(runtime(), &config.validate().unwrap(), client)
-            .expect("starting the worker");
-        let stats = worker.stats();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(worker.run(shutdown.clone()));
-        RunningWorker {
-            shutdown,
-            handle,
-            stats,
-        }
-    }
-
-    async fn stop(self) -> StatsSnapshot {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.handle)
-            .await
-            .expect("the worker did not stop")
-            .unwrap()
-            .expect("the worker failed")
-    }
+/// The worker serving `activities` (named `test-worker-1`, draining for `drain_timeout`).
+async fn start_worker(
+    fake: &FakeSfn,
+    activities: Vec<ActivityConfig>,
+    drain_timeout: Duration,
+) -> RunningWorker {
+    let config = Config {
+        worker: WorkerSection {
+            name: Some("test-worker-1".into()),
+            drain_timeout: Some(HumanDuration(drain_timeout)),
+            ..Default::default()
+        },
+        activities,
+    };
+    RunningWorker::start(fake, config).await
 }
 
 fn order(id: &str) -> String {
@@ -83,7 +53,7 @@ async fn tasks_succeed_and_fail_as_the_guest_says() {
     let arn = fake.create_activity("orders");
     let good = fake.enqueue(&arn, &order("A-1"));
     let bad = fake.enqueue(&arn, r#"{"order_id": "A-2"}"#);
-    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
     assert_eq!(
         output_of(&fake.wait_for_result(&good, WAIT).await)["total_cents"],
         200
@@ -104,7 +74,7 @@ async fn empty_polls_are_not_errors_and_carry_the_worker_name() {
     let fake = FakeSfn::start().await;
     fake.set_poll_hold(Duration::from_millis(50));
     let arn = fake.create_activity("idle");
-    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
     fake.wait_until(WAIT, "several empty polls", |f| {
         f.calls(Op::GetActivityTask) >= 5
     })
@@ -128,7 +98,7 @@ async fn concurrency_is_bounded_and_a_poll_always_holds_a_free_slot() {
     let mut config = activity(&arn, "adversary");
     config.max_concurrency = 3;
     config.pollers = 2;
-    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
     for token in &tokens {
         fake.wait_for_result(token, WAIT).await;
     }
@@ -151,7 +121,7 @@ async fn concurrency_is_bounded_and_a_poll_always_holds_a_free_slot() {
 async fn an_unknown_activity_stops_and_the_worker_exits_with_an_error_when_none_is_left() {
     let fake = FakeSfn::start().await;
     let missing = format!("{}never-created", sfn_fake::ARN_PREFIX);
-    let worker = RunningWorker::start(&fake, vec![activity(&missing, "rust-order")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&missing, "rust-order")], WAIT).await;
     let result = tokio::time::timeout(WAIT, worker.handle)
         .await
         .expect("worker kept running")
@@ -165,7 +135,7 @@ async fn an_unknown_activity_does_not_stop_the_others() {
     let fake = FakeSfn::start().await;
     let missing = format!("{}never-created", sfn_fake::ARN_PREFIX);
     let arn = fake.create_activity("alive");
-    let worker = RunningWorker::start(
+    let worker = start_worker(
         &fake,
         vec![
             activity(&missing, "rust-order"),
@@ -187,7 +157,7 @@ async fn poll_errors_back_off_without_a_hot_loop_then_recover() {
     let arn = fake.create_activity("flaky");
     fake.inject(Op::GetActivityTask, Fault::Throttle, 1_000);
     let started = Instant::now();
-    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
     // The SDK retries each call (standard mode) before the worker sees an error and backs off.
     let stats = worker.stats.clone();
     fake.wait_until(WAIT, "three failed polls", |_| {
@@ -223,7 +193,7 @@ async fn activity_worker_limit_exceeded_is_retried() {
         4,
     );
     let token = fake.enqueue(&arn, &order("D-1"));
-    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
     output_of(&fake.wait_for_result(&token, Duration::from_secs(60)).await);
     assert!(worker.stats.snapshot().poll_errors >= 1);
     worker.stop().await;
@@ -235,7 +205,7 @@ async fn heartbeats_are_sent_on_the_interval_and_when_the_guest_asks() {
     let arn = fake.create_activity("beating");
     let mut config = activity(&arn, "adversary");
     config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
-    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
     let slow = fake.enqueue(
         &arn,
         &json!({"behaviour": "sleep", "ms": 2_500}).to_string(),
@@ -267,7 +237,7 @@ async fn a_timed_out_heartbeat_interrupts_a_spinning_guest_and_reports_nothing()
     let mut config = activity(&arn, "adversary");
     config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
     config.timeout = Some(HumanDuration(Duration::from_secs(120)));
-    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
     let token = fake.enqueue(&arn, &json!({"behaviour": "loop"}).to_string());
     fake.wait_until(WAIT, "the task to start", |f| {
         f.task(&token).state == TaskState::Running
@@ -301,7 +271,7 @@ async fn invalid_token_after_an_accepted_heartbeat_stops_the_guest_and_frees_its
     config.max_concurrency = 1;
     config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
     config.timeout = Some(HumanDuration(Duration::from_secs(120)));
-    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
     let token = fake.enqueue(&arn, &json!({"behaviour": "loop"}).to_string());
     fake.wait_until(WAIT, "a heartbeat to be accepted", |f| {
         f.task(&token).heartbeats >= 1
@@ -332,7 +302,7 @@ async fn invalid_token_on_a_heartbeat_is_logged_and_the_task_goes_on() {
     fake.inject(Op::SendTaskHeartbeat, Fault::Error("InvalidToken"), 10);
     let mut config = activity(&arn, "adversary");
     config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
-    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
     let token = fake.enqueue(
         &arn,
         &json!({"behaviour": "sleep", "ms": 1_500}).to_string(),
@@ -352,7 +322,7 @@ async fn throttled_and_failing_reports_are_retried_and_land() {
     fake.inject(Op::SendTaskFailure, Fault::Throttle, 3);
     let good = fake.enqueue(&arn, &order("E-1"));
     let bad = fake.enqueue(&arn, r#"{"order_id": ""}"#);
-    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
     output_of(&fake.wait_for_result(&good, Duration::from_secs(60)).await);
     assert!(matches!(
         fake.wait_for_result(&bad, Duration::from_secs(60)).await,
@@ -370,7 +340,7 @@ async fn throttled_and_failing_reports_are_retried_and_land() {
 async fn a_report_for_a_timed_out_task_is_counted_lost_and_not_retried() {
     let fake = FakeSfn::start().await;
     let arn = fake.create_activity("late");
-    let worker = RunningWorker::start(&fake, vec![activity(&arn, "adversary")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&arn, "adversary")], WAIT).await;
     let token = fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 500}).to_string());
     fake.wait_until(WAIT, "the task to start", |f| {
         f.task(&token).state == TaskState::Running
@@ -392,7 +362,7 @@ async fn shutdown_with_tasks_in_flight_loses_none() {
     let mut config = activity(&arn, "adversary");
     config.max_concurrency = 4;
     config.pollers = 4;
-    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
     let tokens: Vec<String> = (0..4)
         .map(|i| {
             fake.enqueue(
@@ -415,7 +385,7 @@ async fn a_task_arriving_on_an_open_poll_while_draining_is_run() {
     let fake = FakeSfn::start().await;
     fake.set_poll_hold(Duration::from_secs(3));
     let arn = fake.create_activity("late-arrival");
-    let worker = RunningWorker::start(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&arn, "rust-order")], WAIT).await;
     fake.wait_until(WAIT, "an open poll", |f| f.open_polls(&arn) == 1)
         .await;
     worker.shutdown.cancel();
@@ -439,7 +409,7 @@ async fn a_task_arriving_on_an_open_poll_while_draining_is_run() {
 async fn tasks_still_running_at_the_drain_timeout_fail_with_shutting_down() {
     let fake = FakeSfn::start().await;
     let arn = fake.create_activity("stuck");
-    let worker = RunningWorker::start(
+    let worker = start_worker(
         &fake,
         vec![activity(&arn, "adversary")],
         Duration::from_millis(500),
@@ -475,8 +445,7 @@ async fn tenants_get_their_own_component_and_limits() {
         .wasi
         .env
         .insert("TENANT".into(), "tools".into());
-    let worker =
-        RunningWorker::start(&fake, vec![activity(&orders, "rust-order"), tight], WAIT).await;
+    let worker = start_worker(&fake, vec![activity(&orders, "rust-order"), tight], WAIT).await;
     let order_token = fake.enqueue(&orders, &order("G-1"));
     let bomb = fake.enqueue(&tools, &json!({"behaviour": "memory-bomb"}).to_string());
     let env = fake.enqueue(&tools, &json!({"behaviour": "escape"}).to_string());
@@ -525,7 +494,7 @@ async fn an_activity_sees_nothing_another_activity_in_the_process_was_granted() 
     capabilities.outbound.allowed_hosts = vec![format!("http://127.0.0.1:{port}").parse().unwrap()];
     let mut bare = activity(&bare_arn, "adversary");
     (granted.max_concurrency, bare.max_concurrency) = (4, 4);
-    let worker = RunningWorker::start(&fake, vec![granted, bare], WAIT).await;
+    let worker = start_worker(&fake, vec![granted, bare], WAIT).await;
 
     let host_path = secret_file.to_str().unwrap();
     let probes = [
@@ -735,7 +704,7 @@ async fn answers_that_break_the_api_lose_no_task_and_no_slot() {
     let mut config = activity(&arn, "adversary");
     config.max_concurrency = 2;
     config.pollers = 1;
-    let worker = RunningWorker::start(&fake, vec![config], WAIT).await;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
     assert!(matches!(
         fake.wait_for_result(&echo, Duration::from_secs(60)).await,
         TaskState::Succeeded(_)

@@ -5,16 +5,21 @@
 pub mod http_service;
 pub mod localstack;
 
+use sfn_fake::FakeSfn;
+use sfn_wasm_worker::config::Config;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::outcome::Outcome;
 use sfn_wasm_worker::sandbox::{Grants, Task, TaskEnd, TaskLimits, TaskStats};
 use sfn_wasm_worker::sandbox::{Guest, Runtime};
+use sfn_wasm_worker::worker::sfn::SfnClient;
+use sfn_wasm_worker::worker::{StatsSnapshot, Worker, WorkerStats};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -60,6 +65,44 @@ pub fn worker_command() -> Command {
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test");
     command
+}
+
+/// A worker serving a configuration in this process, against the Step Functions fake, with
+/// the tests' one runtime; [`RunningWorker::stop`] shuts it down and waits for its drain.
+pub struct RunningWorker {
+    /// Cancel it to start the shutdown (`stop` does).
+    pub shutdown: CancellationToken,
+    /// The worker's run, ending with its final counts.
+    pub handle: tokio::task::JoinHandle<anyhow::Result<StatsSnapshot>>,
+    /// The worker's counters, live.
+    pub stats: Arc<WorkerStats>,
+}
+
+impl RunningWorker {
+    /// Validates `config` and starts serving it against `fake`.
+    pub async fn start(fake: &FakeSfn, config: Config) -> RunningWorker {
+        let client = SfnClient::new(&fake.sdk_config().await);
+        let worker = Worker::new(runtime(), &config.validate().unwrap(), client)
+            .expect("starting the worker");
+        let stats = worker.stats();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(shutdown.clone()));
+        RunningWorker {
+            shutdown,
+            handle,
+            stats,
+        }
+    }
+
+    /// Shuts the worker down and waits (at most a minute) for its drain; its final counts.
+    pub async fn stop(self) -> StatsSnapshot {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the worker did not stop")
+            .unwrap()
+            .expect("the worker failed")
+    }
 }
 
 /// The worker binary running `config` at log level `log`, its stderr read as it is written

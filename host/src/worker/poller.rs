@@ -4,9 +4,10 @@
 use crate::worker::activity::{Activity, Shared};
 use crate::worker::backoff::Backoff;
 use crate::worker::metrics::activity_label;
-use crate::worker::sfn::ApiError;
+use crate::worker::sfn::{ActivityTask, ApiError};
 use crate::worker::stats::bump;
 use crate::worker::task;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,22 +47,7 @@ pub(crate) async fn poll_loop(
             _ = stop.cancelled() => return,
         };
         free_slots.set(slots.available_permits() as i64);
-        open_polls.inc();
-        let client = activity.spec().client.clone();
-        let poll = client.poll(&activity.arn, &shared.worker_name);
-        tokio::pin!(poll);
-        let held_open = tokio::time::sleep(POLL_HELD_OPEN);
-        tokio::pin!(held_open);
-        let polled = loop {
-            tokio::select! {
-                polled = &mut poll => break Some(polled),
-                _ = &mut held_open, if !activity.polling.load(Ordering::Relaxed) => {
-                    activity.polling.store(true, Ordering::Relaxed);
-                }
-                _ = shared.hurry.cancelled() => break None,
-            }
-        };
-        open_polls.dec();
+        let polled = poll_once(&shared, &activity, &open_polls).await;
         let Some(polled) = polled else {
             return; // abandoned: the worker is stopping at once
         };
@@ -115,20 +101,52 @@ pub(crate) async fn poll_loop(
                 }
                 drop(permit);
                 let delay = backoff.next_delay();
-                if backoff.attempts() == 1 {
-                    tracing::warn!(
-                        activity = %activity.arn,
-                        error = %err,
-                        "GetActivityTask failed; retrying with backoff (logged once per streak)"
-                    );
-                } else {
-                    tracing::debug!(activity = %activity.arn, error = %err, ?delay, "GetActivityTask failed again");
-                }
+                log_poll_error(&activity.arn, &err, backoff.attempts(), delay);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => return,
                 }
             }
         }
+    }
+}
+
+/// One long poll of `activity` (counted in `open_polls` while open); it counts as polling
+/// once the poll has stayed open [`POLL_HELD_OPEN`] without an error. `None` when the worker
+/// is hurried (the poll is abandoned).
+async fn poll_once(
+    shared: &Shared,
+    activity: &Activity,
+    open_polls: &Gauge,
+) -> Option<Result<Option<ActivityTask>, ApiError>> {
+    open_polls.inc();
+    let client = activity.spec().client.clone();
+    let poll = client.poll(&activity.arn, &shared.worker_name);
+    tokio::pin!(poll);
+    let held_open = tokio::time::sleep(POLL_HELD_OPEN);
+    tokio::pin!(held_open);
+    let polled = loop {
+        tokio::select! {
+            polled = &mut poll => break Some(polled),
+            _ = &mut held_open, if !activity.polling.load(Ordering::Relaxed) => {
+                activity.polling.store(true, Ordering::Relaxed);
+            }
+            _ = shared.hurry.cancelled() => break None,
+        }
+    };
+    open_polls.dec();
+    polled
+}
+
+/// Logs a failed poll: a warning for the first of a streak, then at debug level.
+fn log_poll_error(activity: &str, err: &ApiError, attempts: u32, delay: Duration) {
+    if attempts == 1 {
+        tracing::warn!(
+            activity = %activity,
+            error = %err,
+            "GetActivityTask failed; retrying with backoff (logged once per streak)"
+        );
+    } else {
+        tracing::debug!(activity = %activity, error = %err, ?delay, "GetActivityTask failed again");
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::config::ActivityConfig;
 use crate::sandbox::{Grants, Guest, TaskHandler, TaskLimits};
-use crate::worker::loading::FileStamp;
+use crate::worker::file_stamp::FileStamp;
 use crate::worker::metrics::Metrics;
 use crate::worker::sfn::SfnClient;
 use crate::worker::stats::WorkerStats;

@@ -5,35 +5,12 @@
 use crate::config::{ActivityConfig, ValidConfig};
 use crate::sandbox::{Grants, Guest, Runtime};
 use crate::worker::activity::ActivitySpec;
+use crate::worker::file_stamp::FileStamp;
 use crate::worker::metrics::{activity_label, Metrics};
 use crate::worker::sfn::ActivityClients;
 use anyhow::{bail, Context as _, Result};
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
-
-/// A component file's identity when it was loaded: a file replaced or rewritten since
-/// differs in one of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-impl FileStamp {
-    /// The stamp of the file at `path` now.
-    pub(crate) fn of(path: &Path) -> Result<FileStamp> {
-        use std::os::unix::fs::MetadataExt as _;
-        let metadata = std::fs::metadata(path)
-            .with_context(|| format!("reading component {}", path.display()))?;
-        Ok(FileStamp {
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            inode: metadata.ino(),
-        })
-    }
-}
+use std::time::Instant;
 
 /// Loads `activity`'s component with `runtime`, tries its start-up under the activity's
 /// limits and `grants` (the very grants its tasks will run with), and stamps its file;

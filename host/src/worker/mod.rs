@@ -11,6 +11,7 @@
 //! - `heartbeat`: SendTaskHeartbeat on an interval and on the guest's request;
 //! - `report`: SendTaskSuccess/SendTaskFailure with retries;
 //! - `slots`: the engine's task slots shared out between the activities;
+//! - `file_stamp`: a component file's identity (did it change since it was loaded?);
 //! - `loading`: components loaded, checked and stamped, at start-up and on reload, and a
 //!   reload's new state prepared;
 //! - [`reload`]: hot reload (SIGHUP, component files watched), swapped in atomically;
@@ -21,6 +22,7 @@
 mod activity;
 pub mod backoff;
 pub mod endpoints;
+mod file_stamp;
 mod heartbeat;
 mod loading;
 pub mod metrics;

@@ -276,8 +276,8 @@ impl Config {
         let mut seen = HashSet::new();
         for (index, activity) in self.activities.iter().enumerate() {
             let at = format!("activity[{index}] ({})", activity.arn);
+            // A repeated ARN was checked with its first activity.
             if !seen.insert(activity.arn.as_str()) {
-                validate_arn(&activity.arn).with_context(|| format!("{at}: key `arn`"))?;
                 bail!("{at}: key `arn`: this activity is listed twice; merge the two tables");
             }
             activity.check().with_context(|| at.clone())?;

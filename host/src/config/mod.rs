@@ -592,6 +592,16 @@ mod tests {
             ),
             ("a word as a count", one("[activity.host]\nmax_log_lines = \"many\""), vec!["worker.toml", "[activity.host]", "max_log_lines"]),
             (
+                "an empty log line",
+                one("[activity.host]\nmax_log_line_bytes = 0"),
+                vec!["[activity.host]", "key `max_log_line_bytes` must be more than 0"],
+            ),
+            (
+                "no outbound request in flight",
+                one("[activity.outbound]\nmax_in_flight = 0"),
+                vec!["[activity.outbound]", "key `max_in_flight` must be more than 0"],
+            ),
+            (
                 "a pool smaller than the activities",
                 format!("[worker]\npool_tasks = 3\n{}", one("max_concurrency = 4")),
                 vec!["pool_tasks is 3", "adds up to 4"],

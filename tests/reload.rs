@@ -12,7 +12,7 @@ use sfn_fake::{FakeSfn, TaskState};
 use sfn_wasm_worker::config::Config;
 use sfn_wasm_worker::sandbox::engine::CacheSetting;
 use sfn_wasm_worker::sandbox::Runtime;
-use sfn_wasm_worker::worker::metrics::{Metrics, ResultLabel};
+use sfn_wasm_worker::worker::metrics::Metrics;
 use sfn_wasm_worker::worker::sfn::ActivityClients;
 use sfn_wasm_worker::worker::{ReloadSource, Worker};
 use std::path::Path;
@@ -39,12 +39,7 @@ fn overwrite(path: &Path, from: &Path) {
 }
 
 fn reloads(metrics: &Metrics, result: &str) -> u64 {
-    metrics
-        .reloads
-        .get_or_create(&ResultLabel {
-            result: result.to_string(),
-        })
-        .get()
+    metrics.reloads.sum(|labels| labels.result == result)
 }
 
 async fn wait_for_reloads(metrics: &Metrics, result: &str, count: u64) -> Instant {

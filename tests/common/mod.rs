@@ -75,7 +75,7 @@ pub struct RunningWorker {
     /// The worker's run, ending with its final counts.
     pub handle: tokio::task::JoinHandle<anyhow::Result<StatsSnapshot>>,
     /// The worker's counters, live.
-    pub stats: Arc<WorkerStats>,
+    pub stats: WorkerStats,
 }
 
 impl RunningWorker {

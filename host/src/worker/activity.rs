@@ -6,7 +6,6 @@ use crate::sandbox::{Grants, Guest, TaskHandler, TaskLimits};
 use crate::worker::file_stamp::FileStamp;
 use crate::worker::metrics::Metrics;
 use crate::worker::sfn::SfnClient;
-use crate::worker::stats::WorkerStats;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
@@ -71,7 +70,6 @@ impl Activity {
 /// What every poller and task shares.
 pub(crate) struct Shared {
     pub(crate) worker_name: Arc<str>,
-    pub(crate) stats: Arc<WorkerStats>,
     /// Cancelled when the drain timeout has ended: running tasks are stopped at once.
     pub(crate) drain_expired: CancellationToken,
     /// Cancelled to stop draining at once: open polls are abandoned too.

@@ -5,7 +5,6 @@
 use crate::sandbox::host_api::{BeatFuture, Heartbeat, Interrupt, InterruptReason};
 use crate::worker::metrics::Metrics;
 use crate::worker::sfn::{ApiError, SfnClient};
-use crate::worker::stats::{bump, WorkerStats};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,6 @@ pub(crate) struct TaskHeartbeat {
     client: SfnClient,
     token: String,
     interrupt: Interrupt,
-    stats: Arc<WorkerStats>,
     metrics: Arc<Metrics>,
     last_sent: Mutex<Option<Instant>>,
     /// Set by the first heartbeat Step Functions accepted: from then on `InvalidToken`
@@ -37,14 +35,12 @@ impl TaskHeartbeat {
         client: SfnClient,
         token: String,
         interrupt: Interrupt,
-        stats: Arc<WorkerStats>,
         metrics: Arc<Metrics>,
     ) -> TaskHeartbeat {
         TaskHeartbeat {
             client,
             token,
             interrupt,
-            stats,
             metrics,
             last_sent: Mutex::new(None),
             accepted_once: AtomicBool::new(false),
@@ -79,14 +75,12 @@ impl TaskHeartbeat {
             .api_call("SendTaskHeartbeat", sent.as_ref().err().map(ApiError::kind));
         let error = match sent {
             Ok(()) => {
-                bump(&self.stats.heartbeats_sent);
                 Metrics::count(&self.metrics.heartbeats, "sent");
                 self.accepted_once.store(true, Ordering::Relaxed);
                 return Ok(());
             }
             Err(error) => error,
         };
-        bump(&self.stats.heartbeat_errors);
         Metrics::count(&self.metrics.heartbeats, "failed");
         match error {
             ApiError::TaskGone(code) => {

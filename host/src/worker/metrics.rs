@@ -1,17 +1,21 @@
 //! The worker's metrics, in the Prometheus/OpenMetrics text format (served by
 //! [`crate::worker::endpoints`]). Label values are bounded: activity ARNs from the config,
 //! operation names, error kinds, and task errors reduced to the outcome table's names plus
-//! `guest`.
+//! `guest`. Every event is counted once, here; the worker's totals
+//! ([`crate::worker::stats`]) are sums over these counters.
 
 use crate::sandbox::outcome::WORKER_ERRORS;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 /// Labels: the activity.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,8 +77,10 @@ fn seconds_histogram() -> Histogram {
 /// Every metric the worker keeps.
 pub struct Metrics {
     registry: Registry,
+    /// Tasks received, by activity.
+    pub tasks_received: Counters<ActivityLabel>,
     /// Tasks finished, by activity, outcome and error.
-    pub tasks: Family<TaskLabels, Counter>,
+    pub tasks: Counters<TaskLabels>,
     /// Time from receiving a task to its report.
     pub task_seconds: Seconds,
     /// Time a task spent in its sandbox.
@@ -88,21 +94,21 @@ pub struct Metrics {
     /// Long polls open now.
     pub open_polls: Family<ActivityLabel, Gauge>,
     /// Polls answered without a task.
-    pub empty_polls: Family<ActivityLabel, Counter>,
+    pub empty_polls: Counters<ActivityLabel>,
     /// Step Functions calls made.
-    pub api_calls: Family<OperationLabels, Counter>,
+    pub api_calls: Counters<OperationLabels>,
     /// Step Functions calls that failed.
-    pub api_errors: Family<ApiErrorLabels, Counter>,
+    pub api_errors: Counters<ApiErrorLabels>,
     /// Heartbeats `sent` and `failed`.
-    pub heartbeats: Family<ResultLabel, Counter>,
+    pub heartbeats: Counters<ResultLabel>,
     /// Report attempts `retried`, and reports `lost` (never delivered).
-    pub reports: Family<ResultLabel, Counter>,
+    pub reports: Counters<ResultLabel>,
     /// Guests' outbound HTTP requests, by status class.
-    pub outbound: Family<OutboundLabels, Counter>,
+    pub outbound: Counters<OutboundLabels>,
     /// Time it took to load (compile or map) each activity's component.
     pub component_load_seconds: Family<ActivityLabel, Gauge<f64, AtomicU64>>,
     /// Reloads `applied` and `refused` (SIGHUP, or a component file changed).
-    pub reloads: Family<ResultLabel, Counter>,
+    pub reloads: Counters<ResultLabel>,
     /// The process's resident memory, read at each scrape.
     process_resident_memory: Gauge,
 }
@@ -111,21 +117,22 @@ impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::with_prefix("sfn_worker");
         let metrics = Metrics {
-            tasks: Family::default(),
+            tasks_received: Counters::default(),
+            tasks: Counters::default(),
             task_seconds: Seconds::new_with_constructor(seconds_histogram),
             sandbox_seconds: Seconds::new_with_constructor(seconds_histogram),
             guest_peak_memory: Family::default(),
             in_flight: Family::default(),
             free_slots: Family::default(),
             open_polls: Family::default(),
-            empty_polls: Family::default(),
-            api_calls: Family::default(),
-            api_errors: Family::default(),
-            heartbeats: Family::default(),
-            reports: Family::default(),
-            outbound: Family::default(),
+            empty_polls: Counters::default(),
+            api_calls: Counters::default(),
+            api_errors: Counters::default(),
+            heartbeats: Counters::default(),
+            reports: Counters::default(),
+            outbound: Counters::default(),
             component_load_seconds: Family::default(),
-            reloads: Family::default(),
+            reloads: Counters::default(),
             process_resident_memory: Gauge::default(),
             registry: Registry::default(),
         };
@@ -137,6 +144,7 @@ impl Default for Metrics {
         }
         #[rustfmt::skip]
         register![
+            ("tasks_received", "Tasks received", tasks_received),
             ("tasks", "Tasks finished", tasks),
             ("task_seconds", "Time from receiving a task to its report", task_seconds),
             ("sandbox_seconds", "Time a task spent in its sandbox", sandbox_seconds),
@@ -169,13 +177,11 @@ impl Metrics {
             Some(_) => "guest",
             None => "",
         };
-        self.tasks
-            .get_or_create(&TaskLabels {
-                activity: activity.to_string(),
-                outcome: outcome.to_string(),
-                error: error.to_string(),
-            })
-            .inc();
+        self.tasks.inc(&TaskLabels {
+            activity: activity.to_string(),
+            outcome: outcome.to_string(),
+            error: error.to_string(),
+        });
     }
 
     /// Records a guest's peak memory if it is the activity's largest yet.
@@ -191,28 +197,22 @@ impl Metrics {
 
     /// Counts a Step Functions call of `operation`, failed with `error_kind` if it did.
     pub fn api_call(&self, operation: &str, error_kind: Option<&str>) {
-        self.api_calls
-            .get_or_create(&OperationLabels {
-                operation: operation.to_string(),
-            })
-            .inc();
+        self.api_calls.inc(&OperationLabels {
+            operation: operation.to_string(),
+        });
         if let Some(kind) = error_kind {
-            self.api_errors
-                .get_or_create(&ApiErrorLabels {
-                    operation: operation.to_string(),
-                    kind: kind.to_string(),
-                })
-                .inc();
+            self.api_errors.inc(&ApiErrorLabels {
+                operation: operation.to_string(),
+                kind: kind.to_string(),
+            });
         }
     }
 
     /// Counts one `result` in `family` (heartbeats, reports).
-    pub fn count(family: &Family<ResultLabel, Counter>, result: &str) {
-        family
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
+    pub fn count(family: &Counters<ResultLabel>, result: &str) {
+        family.inc(&ResultLabel {
+            result: result.to_string(),
+        });
     }
 
     /// The text exposition, with the process's memory read now.
@@ -223,6 +223,86 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String does not fail");
         text
+    }
+}
+
+/// A counter family that also keeps a handle on each of its series, so that totals over
+/// labels can be read (prometheus-client's `Family` cannot list its series).
+#[derive(Debug)]
+pub struct Counters<L> {
+    family: Family<L, Counter>,
+    series: Arc<Mutex<Vec<(L, Counter)>>>,
+}
+
+impl<L> Default for Counters<L>
+where
+    L: Clone + Hash + Eq,
+{
+    fn default() -> Counters<L> {
+        Counters {
+            family: Family::default(),
+            series: Arc::default(),
+        }
+    }
+}
+
+impl<L> Clone for Counters<L> {
+    fn clone(&self) -> Counters<L> {
+        Counters {
+            family: self.family.clone(),
+            series: self.series.clone(),
+        }
+    }
+}
+
+impl<L> Counters<L>
+where
+    L: Clone + Hash + Eq,
+{
+    /// Adds one to the series of `labels` (created at zero on first use).
+    pub fn inc(&self, labels: &L) {
+        if let Some(counter) = self.family.get(labels) {
+            counter.inc();
+            return;
+        }
+        let mut series = self.series.lock().unwrap();
+        // Series are only created under this lock, so each is listed once.
+        if self.family.get(labels).is_none() {
+            series.push((labels.clone(), self.family.get_or_create_owned(labels)));
+        }
+        drop(series);
+        self.family.get_or_create(labels).inc();
+    }
+
+    /// The sum of the series whose labels `pick` accepts.
+    pub fn sum(&self, pick: impl Fn(&L) -> bool) -> u64 {
+        let series = self.series.lock().unwrap();
+        series
+            .iter()
+            .filter(|(labels, _)| pick(labels))
+            .map(|(_, counter)| counter.get())
+            .sum()
+    }
+}
+
+impl<L> TypedMetric for Counters<L> {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl<L> EncodeMetric for Counters<L>
+where
+    L: Clone + Hash + Eq + EncodeLabelSet,
+{
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.family.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+
+    fn is_empty(&self) -> bool {
+        self.family.is_empty()
     }
 }
 
@@ -240,4 +320,41 @@ fn resident_memory() -> Option<i64> {
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_total_sums_every_series_once_even_when_threads_create_it_together() {
+        let counters = Counters::<ResultLabel>::default();
+        std::thread::scope(|scope| {
+            for thread in 0..8 {
+                let counters = &counters;
+                scope.spawn(move || {
+                    for i in 0..1_000 {
+                        let result = if (thread + i) % 2 == 0 {
+                            "sent"
+                        } else {
+                            "failed"
+                        };
+                        counters.inc(&ResultLabel {
+                            result: result.to_string(),
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(counters.sum(|_| true), 8_000);
+        assert_eq!(counters.sum(|labels| labels.result == "sent"), 4_000);
+        let mut registry = Registry::default();
+        registry.register("heartbeats", "test", counters.clone());
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("heartbeats_total{result=\"sent\"} 4000"),
+            "{text}"
+        );
+    }
 }

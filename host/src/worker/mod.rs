@@ -65,7 +65,6 @@ pub struct Worker {
     pool_tasks: u32,
     worker_name: Arc<str>,
     drain_timeout: Duration,
-    stats: Arc<WorkerStats>,
     hurry: CancellationToken,
     metrics: Arc<Metrics>,
     metrics_addr: Option<std::net::SocketAddr>,
@@ -149,7 +148,6 @@ impl Worker {
             pool_tasks,
             worker_name: config.worker_name().into(),
             drain_timeout: config.drain_timeout(),
-            stats: Arc::default(),
             hurry: CancellationToken::new(),
             metrics: Arc::default(),
             metrics_addr: config.worker.metrics_addr,
@@ -193,9 +191,9 @@ impl Worker {
         self.metrics.clone()
     }
 
-    /// The worker's counters (shared; they keep counting while it runs).
-    pub fn stats(&self) -> Arc<WorkerStats> {
-        self.stats.clone()
+    /// The worker's totals (read off its metrics; they keep counting while it runs).
+    pub fn stats(&self) -> WorkerStats {
+        WorkerStats(self.metrics.clone())
     }
 
     /// Serves every activity until `shutdown` is cancelled, then drains. Errors when every
@@ -217,7 +215,6 @@ impl Worker {
         }
         let shared = Arc::new(Shared {
             worker_name: self.worker_name,
-            stats: self.stats,
             drain_expired: CancellationToken::new(),
             hurry: self.hurry.clone(),
             metrics: self.metrics.clone(),
@@ -246,7 +243,7 @@ impl Worker {
         stop_reloading.cancel(); // no reloads while draining
 
         serving.drain(self.drain_timeout).await;
-        let stats = shared.stats.snapshot();
+        let stats = WorkerStats(self.metrics.clone()).snapshot();
         stats.log("worker stopped");
         if stopped_by_errors {
             bail!("no activity left to serve: Step Functions does not know any of them (see the errors above)");

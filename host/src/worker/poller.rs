@@ -5,7 +5,6 @@ use crate::worker::activity::{Activity, Shared};
 use crate::worker::backoff::Backoff;
 use crate::worker::metrics::activity_label;
 use crate::worker::sfn::{ActivityTask, ApiError};
-use crate::worker::stats::bump;
 use crate::worker::task;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::Ordering;
@@ -56,7 +55,6 @@ pub(crate) async fn poll_loop(
             .api_call("GetActivityTask", polled.as_ref().err().map(ApiError::kind));
         match polled {
             Ok(received) => {
-                bump(&shared.stats.polls);
                 activity.polling.store(true, Ordering::Relaxed);
                 if backoff.attempts() > 0 {
                     tracing::info!(activity = %activity.arn, failed_polls = backoff.attempts(), "polling recovered");
@@ -75,14 +73,13 @@ pub(crate) async fn poll_loop(
                         });
                     }
                     None => {
-                        shared.metrics.empty_polls.get_or_create(&label).inc();
+                        shared.metrics.empty_polls.inc(&label);
                         drop(permit);
                         free_slots.set(slots.available_permits() as i64);
                     }
                 }
             }
             Err(ApiError::ActivityGone(message)) => {
-                bump(&shared.stats.poll_errors);
                 if !activity.stopped.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         activity = %activity.arn,
@@ -94,7 +91,6 @@ pub(crate) async fn poll_loop(
                 return;
             }
             Err(err) => {
-                bump(&shared.stats.poll_errors);
                 if matches!(err, ApiError::Rejected(_)) {
                     // Access denied, a bad credential...: not polling until a poll is accepted.
                     activity.polling.store(false, Ordering::Relaxed);

@@ -8,7 +8,6 @@ use crate::worker::heartbeat::TaskHeartbeat;
 use crate::worker::metrics::{activity_label, Metrics, OutboundLabels};
 use crate::worker::report::{report, ReportError};
 use crate::worker::sfn::ActivityTask;
-use crate::worker::stats::bump;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;
@@ -23,7 +22,7 @@ pub(crate) async fn run_task(
 ) {
     let span = tracing::info_span!("task", activity = %arn, task_id = %task.task_id());
     async {
-        bump(&shared.stats.tasks_started);
+        shared.metrics.tasks_received.inc(&activity_label(arn));
         let in_flight = shared
             .metrics
             .in_flight
@@ -34,7 +33,6 @@ pub(crate) async fn run_task(
         record_sandbox(&shared.metrics, arn, &stats);
         match end {
             TaskEnd::Abandoned(why) => {
-                bump(&shared.stats.abandoned);
                 shared.metrics.task_finished(arn, "abandoned", None);
                 tracing::warn!(
                     outcome = "abandoned",
@@ -72,7 +70,6 @@ async fn run_in_sandbox(
         spec.client.clone(),
         task.token.clone(),
         interrupt.clone(),
-        shared.stats.clone(),
         shared.metrics.clone(),
     ));
     let _ticker = spec
@@ -107,13 +104,10 @@ fn record_sandbox(metrics: &Metrics, activity: &str, stats: &TaskStats) {
         .observe(stats.elapsed.as_secs_f64());
     metrics.guest_memory(activity, stats.peak_memory);
     for status in &stats.outbound_results {
-        metrics
-            .outbound
-            .get_or_create(&OutboundLabels {
-                activity: activity.to_string(),
-                status: status.to_string(),
-            })
-            .inc();
+        metrics.outbound.inc(&OutboundLabels {
+            activity: activity.to_string(),
+            status: status.to_string(),
+        });
     }
 }
 
@@ -134,11 +128,6 @@ fn log_reported(
     let (run_ms, elapsed_ms) = (stats.elapsed.as_secs_f64() * 1e3, ms(started));
     match reported {
         Ok(()) => {
-            bump(if outcome.is_success() {
-                &shared.stats.succeeded
-            } else {
-                &shared.stats.failed
-            });
             tracing::info!(
                 outcome = status,
                 error,
@@ -151,7 +140,6 @@ fn log_reported(
             );
         }
         Err(ReportError::TaskGone(code)) => {
-            bump(&shared.stats.reports_refused);
             tracing::warn!(
                 outcome = status,
                 error,
@@ -161,7 +149,6 @@ fn log_reported(
             );
         }
         Err(ReportError::Undelivered(message)) => {
-            bump(&shared.stats.report_errors);
             Metrics::count(&shared.metrics.reports, "lost");
             tracing::error!(
                 outcome = status,

@@ -368,6 +368,32 @@ fn run_refuses_single_activity_flags_next_to_a_config_file() {
 }
 
 #[test]
+fn run_refuses_grant_flags_next_to_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(&config, "").unwrap();
+    let dir_grant = format!("{}:/data", dir.path().display());
+    for flag in [
+        ["--env", "KEY=VALUE"],
+        ["--dir", dir_grant.as_str()],
+        ["--allow-outbound", "https://api.example.com"],
+    ] {
+        let out = worker(
+            &[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                flag[0],
+                flag[1],
+            ],
+            None,
+        );
+        assert_usage_error(&out, "What the guest is granted");
+        assert!(stderr(&out).contains("--activity-arn"), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn an_ambiguous_size_is_refused_with_both_readings() {
     let guest = guest_path("rust-order");
     let out = worker(
@@ -591,16 +617,22 @@ fn bad_components_are_refused_by_check_invoke_and_run_naming_the_file() {
             );
         }
         let config = dir.path().join("two.toml");
-        std::fs::write(
+        write_config(
             &config,
-            format!(
-                "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:9\"\n\n\
-                 [[activity]]\narn = \"arn:aws:states:us-east-1:000000000000:activity:good\"\ncomponent = \"{}\"\n\n\
-                 [[activity]]\narn = \"arn:aws:states:us-east-1:000000000000:activity:bad\"\ncomponent = \"{file}\"\n",
-                guest_path("rust-order").display()
-            ),
-        )
-        .unwrap();
+            json!({
+                "worker": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:9"},
+                "activity": [
+                    {
+                        "arn": "arn:aws:states:us-east-1:000000000000:activity:good",
+                        "component": path_value(&guest_path("rust-order")),
+                    },
+                    {
+                        "arn": "arn:aws:states:us-east-1:000000000000:activity:bad",
+                        "component": file,
+                    },
+                ],
+            }),
+        );
         let out = worker(&["run", "--config", config.to_str().unwrap()], None);
         assert_usage_error(&out, "activity:bad");
         assert!(

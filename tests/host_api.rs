@@ -14,17 +14,17 @@ async fn a_guests_log_is_capped_as_its_activitys_host_table_says() {
     let arn = fake.create_activity("log-caps");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("worker.toml");
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[[activity]]\n\
-             arn = \"{arn}\"\ncomponent = \"{}\"\n\n[activity.host]\nmax_log_lines = 2\n\
-             max_log_line_bytes = 12\n",
-            fake.endpoint,
-            guest_path("adversary").display()
-        ),
-    )
-    .unwrap();
+        json!({
+            "worker": {"region": "us-east-1", "endpoint_url": fake.endpoint},
+            "activity": [{
+                "arn": arn,
+                "component": path_value(&guest_path("adversary")),
+                "host": {"max_log_lines": 2, "max_log_line_bytes": 12},
+            }],
+        }),
+    );
     let worker = LoggedWorker::start(&config, "trace,aws=warn,hyper=warn,h2=warn");
     // The guest logs five lines, one at each level, each longer than 12 bytes.
     let token = fake.enqueue(&arn, &json!({"behaviour": "log"}).to_string());

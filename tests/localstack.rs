@@ -72,30 +72,37 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let mut config = format!(
-        "[worker]\nname = \"{worker_name}\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\ndrain_timeout = \"20s\"\n"
-    );
-    for (arn, path) in &activities {
-        config += &format!(
-            "\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\nmax_concurrency = 4\npollers = 1\ntimeout = \"20s\"\nmemory_limit = \"256MiB\"\n",
-            path.display()
-        );
-    }
-    // Only the fetch guest may call the local service.
-    let fetch_table = format!("component = \"{}\"\n", guests[3].display());
-    let fetch_activity_end = config.find(&fetch_table).unwrap() + fetch_table.len();
-    let fetch_activity_end = config[fetch_activity_end..]
-        .find("\n[[activity]]")
-        .map_or(config.len(), |at| fetch_activity_end + at);
-    config.insert_str(
-        fetch_activity_end,
-        &format!(
-            "\n[activity.outbound]\nallowed_hosts = [\"{}\"]\n",
-            service.origin()
-        ),
-    );
+    let activity_tables: Vec<_> = activities
+        .iter()
+        .map(|(arn, path)| {
+            let mut table = json!({
+                "arn": arn,
+                "component": path_value(path),
+                "max_concurrency": 4,
+                "pollers": 1,
+                "timeout": "20s",
+                "memory_limit": "256MiB",
+            });
+            // Only the fetch guest may call the local service.
+            if *path == guests[3] {
+                table["outbound"] = json!({"allowed_hosts": [service.origin()]});
+            }
+            table
+        })
+        .collect();
     let config_path = dir.path().join("worker.toml");
-    std::fs::write(&config_path, config).unwrap();
+    write_config(
+        &config_path,
+        json!({
+            "worker": {
+                "name": worker_name,
+                "region": "us-east-1",
+                "endpoint_url": endpoint,
+                "drain_timeout": "20s",
+            },
+            "activity": activity_tables,
+        }),
+    );
     let log_path = dir.path().join("worker.log");
     let worker = worker_command()
         .args(["run", "--config", config_path.to_str().unwrap()])

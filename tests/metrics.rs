@@ -206,18 +206,22 @@ fn start_worker(
     access_key_id: &str,
     dir: &std::path::Path,
 ) -> std::process::Child {
-    let mut toml = format!(
-        "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmetrics_addr = \"{addr}\"\n",
-        fake.endpoint
-    );
-    for arn in arns {
-        toml.push_str(&format!(
-            "\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n",
-            guest_path("adversary").display()
-        ));
-    }
+    let activities: Vec<_> = arns
+        .iter()
+        .map(|arn| json!({"arn": arn, "component": path_value(&guest_path("adversary"))}))
+        .collect();
     let config = dir.join("worker.toml");
-    std::fs::write(&config, toml).unwrap();
+    write_config(
+        &config,
+        json!({
+            "worker": {
+                "region": "us-east-1",
+                "endpoint_url": fake.endpoint,
+                "metrics_addr": addr.to_string(),
+            },
+            "activity": activities,
+        }),
+    );
     worker_command()
         .args(["run", "--config"])
         .arg(&config)
@@ -317,17 +321,22 @@ async fn no_task_token_is_in_any_log_line_or_metric_even_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let config = dir.path().join("worker.toml");
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmetrics_addr = \"{addr}\"\n\
-             drain_timeout = \"5s\"\n\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n\
-             heartbeat_interval = \"1s\"\n",
-            fake.endpoint,
-            guest_path("adversary").display()
-        ),
-    )
-    .unwrap();
+        json!({
+            "worker": {
+                "region": "us-east-1",
+                "endpoint_url": fake.endpoint,
+                "metrics_addr": addr.to_string(),
+                "drain_timeout": "5s",
+            },
+            "activity": [{
+                "arn": arn,
+                "component": path_value(&guest_path("adversary")),
+                "heartbeat_interval": "1s",
+            }],
+        }),
+    );
     let worker = LoggedWorker::start(&config, "trace");
     let inputs = [
         json!({"behaviour": "echo"}),

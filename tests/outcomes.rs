@@ -347,7 +347,7 @@ async fn heartbeat_import_is_callable_and_counted() {
     };
     assert_eq!(expect_success(&outcome), json!({"ok": 3, "error": null}));
     assert_eq!(heartbeat.count(), 3);
-    assert_eq!(stats.heartbeats, 3);
+    assert_eq!(stats.usage.host.heartbeats, 3);
 }
 
 #[tokio::test]

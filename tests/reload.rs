@@ -22,15 +22,29 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A config file with `[worker]` settings and one `[[activity]]` per (arn, component file name).
-fn write_config(path: &Path, worker: &str, activities: &[(&str, &str, u32)]) {
-    let mut text = format!("[worker]\nname = \"reload-test\"\ndrain_timeout = \"30s\"\n{worker}\n");
-    for (arn, component, max_concurrency) in activities {
-        text.push_str(&format!(
-            "[[activity]]\narn = \"{arn}\"\ncomponent = \"{component}\"\nmax_concurrency = {max_concurrency}\npollers = 2\n\n"
-        ));
-    }
-    std::fs::write(path, text).unwrap();
+/// A config file with `[worker]` settings (beside its name and drain timeout) and one
+/// `[[activity]]` per (arn, component file name, max_concurrency).
+fn write_reload_config(path: &Path, worker: Value, activities: &[(&str, &str, u32)]) {
+    let mut worker_table = json!({"name": "reload-test", "drain_timeout": "30s"});
+    worker_table
+        .as_object_mut()
+        .unwrap()
+        .extend(worker.as_object().unwrap().clone());
+    let activities: Vec<Value> = activities
+        .iter()
+        .map(|(arn, component, max_concurrency)| {
+            json!({
+                "arn": arn,
+                "component": component,
+                "max_concurrency": max_concurrency,
+                "pollers": 2,
+            })
+        })
+        .collect();
+    write_config(
+        path,
+        json!({"worker": worker_table, "activity": activities}),
+    );
 }
 
 /// Writes `bytes` to `path` in place, as `cp` does (the watcher sees the writes).
@@ -86,8 +100,12 @@ async fn reload_under_load_swaps_versions_refuses_what_cannot_apply_and_loses_no
         overwrite(&dir.path().join(file), from);
     }
     let config_path = dir.path().join("worker.toml");
-    let pool = "pool_tasks = 12";
-    write_config(&config_path, pool, &[(&a, "a.wasm", 4), (&c, "c.wasm", 4)]);
+    let pool = json!({"pool_tasks": 12});
+    write_reload_config(
+        &config_path,
+        pool.clone(),
+        &[(&a, "a.wasm", 4), (&c, "c.wasm", 4)],
+    );
     let config = Config::load(&config_path).unwrap().validate().unwrap();
     let runtime = Arc::new(
         Runtime::new(&config.engine_settings(CacheSetting::Directory(cache_dir()))).unwrap(),
@@ -139,13 +157,21 @@ async fn reload_under_load_swaps_versions_refuses_what_cannot_apply_and_loses_no
     wait_for_reloads(&metrics, "applied", 2).await;
 
     // 3. The configuration adds B and removes C (SIGHUP's reload).
-    write_config(&config_path, pool, &[(&a, "a.wasm", 4), (&b, "b.wasm", 4)]);
+    write_reload_config(
+        &config_path,
+        pool.clone(),
+        &[(&a, "a.wasm", 4), (&b, "b.wasm", 4)],
+    );
     trigger.config();
     let c_removed = wait_for_reloads(&metrics, "applied", 3).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     // 4. More slots than the engine reserved: refused, the running configuration stays.
-    write_config(&config_path, pool, &[(&a, "a.wasm", 10), (&b, "b.wasm", 4)]);
+    write_reload_config(
+        &config_path,
+        pool.clone(),
+        &[(&a, "a.wasm", 10), (&b, "b.wasm", 4)],
+    );
     trigger.config();
     wait_for_reloads(&metrics, "refused", 2).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -229,11 +255,8 @@ async fn sighup_adds_an_activity_from_the_config_file() {
     overwrite(&dir.path().join("guest.wasm"), &guest_path("versioned-1"));
     let config = dir.path().join("worker.toml");
     // Room in the engine's pool for the activity the reload adds.
-    let endpoint = format!(
-        "region = \"us-east-1\"\nendpoint_url = \"{}\"\npool_tasks = 4",
-        fake.endpoint
-    );
-    write_config(&config, &endpoint, &[(&first, "guest.wasm", 2)]);
+    let endpoint = json!({"region": "us-east-1", "endpoint_url": fake.endpoint, "pool_tasks": 4});
+    write_reload_config(&config, endpoint.clone(), &[(&first, "guest.wasm", 2)]);
     let mut child = worker_command()
         .args(["run", "--config"])
         .arg(&config)
@@ -246,9 +269,9 @@ async fn sighup_adds_an_activity_from_the_config_file() {
         TaskState::Succeeded(_)
     ));
     let queued = fake.enqueue(&added, "{}");
-    write_config(
+    write_reload_config(
         &config,
-        &endpoint,
+        endpoint,
         &[(&first, "guest.wasm", 2), (&added, "guest.wasm", 2)],
     );
     send_signal("HUP", child.id());
@@ -271,11 +294,8 @@ async fn with_the_default_pool_sighup_adds_a_tenant_whose_tasks_succeed() {
     overwrite(&dir.path().join("a.wasm"), &guest_path("versioned-1"));
     overwrite(&dir.path().join("b.wasm"), &guest_path("versioned-2"));
     let config_path = dir.path().join("worker.toml");
-    let endpoint = format!(
-        "region = \"us-east-1\"\nendpoint_url = \"{}\"",
-        fake.endpoint
-    );
-    write_config(&config_path, &endpoint, &[(&a, "a.wasm", 8)]);
+    let endpoint = json!({"region": "us-east-1", "endpoint_url": fake.endpoint});
+    write_reload_config(&config_path, endpoint.clone(), &[(&a, "a.wasm", 8)]);
     let mut child = worker_command()
         .args(["run", "--config"])
         .arg(&config_path)
@@ -285,9 +305,9 @@ async fn with_the_default_pool_sighup_adds_a_tenant_whose_tasks_succeed() {
     let first = fake.enqueue(&a, "{}");
     fake.wait_for_result(&first, WAIT).await;
 
-    write_config(
+    write_reload_config(
         &config_path,
-        &endpoint,
+        endpoint,
         &[(&a, "a.wasm", 8), (&b, "b.wasm", 8)],
     );
     send_signal("HUP", child.id());

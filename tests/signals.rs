@@ -38,7 +38,7 @@ async fn sigterm_under_load_50_times_loses_nothing() {
     fake.set_poll_hold(POLL_HOLD);
     let arn = fake.create_activity("signals");
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "10s", 8);
+    let config = write_signals_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "10s", 8);
 
     // Load: a task every 40 ms, of every kind of behaviour (see `MIX`).
     let tokens = Arc::new(Mutex::new(Vec::new()));
@@ -149,7 +149,7 @@ fn pick(rng: &mut SplitMix64) -> (serde_json::Value, &'static [&'static str]) {
 }
 
 /// Writes a config serving `arn` with the adversary guest; returns its path.
-fn write_config(
+fn write_signals_config(
     dir: &Path,
     fake: &FakeSfn,
     arn: &str,
@@ -158,20 +158,25 @@ fn write_config(
     max_concurrency: u32,
 ) -> PathBuf {
     let config = dir.join("worker.toml");
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "[worker]\nname = \"signals\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
-             drain_timeout = \"{}ms\"\n\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n\
-             max_concurrency = {max_concurrency}\npollers = {pollers}\ntimeout = \"{timeout}\"\n\
-             memory_limit = \"64MiB\"\n",
-            fake.endpoint,
-            drain_timeout.as_millis(),
-            guest_path("adversary").display(),
-            pollers = max_concurrency.min(4),
-        ),
-    )
-    .unwrap();
+        json!({
+            "worker": {
+                "name": "signals",
+                "region": "us-east-1",
+                "endpoint_url": fake.endpoint,
+                "drain_timeout": format!("{}ms", drain_timeout.as_millis()),
+            },
+            "activity": [{
+                "arn": arn,
+                "component": path_value(&guest_path("adversary")),
+                "max_concurrency": max_concurrency,
+                "pollers": max_concurrency.min(4),
+                "timeout": timeout,
+                "memory_limit": "64MiB",
+            }],
+        }),
+    );
     config
 }
 
@@ -223,11 +228,11 @@ async fn sigterm_stops_a_spinning_guest(name: &str, reload_first: bool) {
     fake.set_poll_hold(POLL_HOLD);
     let arn = fake.create_activity(name);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 2);
+    let config = write_signals_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 2);
     let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
     if reload_first {
         // A reload that changes the activity (its running task keeps the old spec).
-        write_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 3);
+        write_signals_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 3);
         send_signal("HUP", child.id());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -257,7 +262,7 @@ async fn a_spinning_guests_timeout_still_stops_it_during_a_drain() {
     let dir = tempfile::tempdir().unwrap();
     // Its timeout ends well before the drain timeout does.
     let drain_timeout = Duration::from_secs(20);
-    let config = write_config(dir.path(), &fake, &arn, drain_timeout, "1500ms", 2);
+    let config = write_signals_config(dir.path(), &fake, &arn, drain_timeout, "1500ms", 2);
     let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
     let exit = terminate_within(&mut child, Duration::from_millis(1_500) + EXIT_SLACK * 2).await;
     match fake.task(&token).state {

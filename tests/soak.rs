@@ -99,13 +99,7 @@ fn fault_rates() -> Vec<(Op, Fault, f64)> {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
+    sfn_wasm_worker::proc_status::resident_bytes(Some(pid)).unwrap_or(0) / 1024
 }
 
 fn is_final(state: &TaskState) -> bool {
@@ -123,18 +117,26 @@ async fn soak_with_injected_faults_loses_nothing() {
     let arn = fake.create_activity("soak");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("worker.toml");
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "[worker]\nname = \"soak\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
-             drain_timeout = \"30s\"\n\n[[activity]]\narn = \"{arn}\"\ncomponent = \"{}\"\n\
-             max_concurrency = 16\npollers = 4\ntimeout = \"1s\"\nmemory_limit = \"16MiB\"\n\
-             heartbeat_interval = \"1s\"\n",
-            fake.endpoint,
-            guest_path("adversary").display()
-        ),
-    )
-    .unwrap();
+        json!({
+            "worker": {
+                "name": "soak",
+                "region": "us-east-1",
+                "endpoint_url": fake.endpoint,
+                "drain_timeout": "30s",
+            },
+            "activity": [{
+                "arn": arn,
+                "component": path_value(&guest_path("adversary")),
+                "max_concurrency": 16,
+                "pollers": 4,
+                "timeout": "1s",
+                "memory_limit": "16MiB",
+                "heartbeat_interval": "1s",
+            }],
+        }),
+    );
     let stderr = dir.path().join("worker.log");
     let mut child = worker_command()
         .args(["run", "--config"])

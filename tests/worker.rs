@@ -625,18 +625,21 @@ async fn an_activity_with_a_role_calls_with_the_roles_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("worker.toml");
     let guest = guest_path("adversary");
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "[worker]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
-             [[activity]]\narn = \"{own}\"\ncomponent = \"{}\"\n\n\
-             [[activity]]\narn = \"{tenant}\"\ncomponent = \"{}\"\nrole_arn = \"{role}\"\nexternal_id = \"tenant-b-secret\"\n",
-            fake.endpoint,
-            guest.display(),
-            guest.display()
-        ),
-    )
-    .unwrap();
+        json!({
+            "worker": {"region": "us-east-1", "endpoint_url": fake.endpoint},
+            "activity": [
+                {"arn": own, "component": path_value(&guest)},
+                {
+                    "arn": tenant,
+                    "component": path_value(&guest),
+                    "role_arn": role,
+                    "external_id": "tenant-b-secret",
+                },
+            ],
+        }),
+    );
     let mut child = worker_command()
         .args(["run", "--config"])
         .arg(&config)

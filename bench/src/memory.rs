@@ -4,6 +4,7 @@ use crate::report::{mib, Table};
 use crate::{guest_path, limits, repo_root, task, ORDER};
 use anyhow::{bail, Result};
 use serde_json::json;
+use sfn_wasm_worker::proc_status;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{BeatFuture, Heartbeat};
 use sfn_wasm_worker::sandbox::{Grants, Guest, Runtime, TaskEnd, TaskStats};
@@ -28,22 +29,14 @@ impl Heartbeat for Gate {
     }
 }
 
+/// Resident memory of process `pid` (this one if `None`), in bytes (0 without `/proc`).
 pub(crate) fn rss_bytes(pid: Option<u32>) -> u64 {
-    status_bytes(pid, "VmRSS:")
+    proc_status::resident_bytes(pid).unwrap_or(0)
 }
 
-/// A `/proc/PID/status` figure given in kB (`VmRSS:`, `VmSize:`...), in bytes.
-fn status_bytes(pid: Option<u32>, field: &str) -> u64 {
-    let path = pid.map_or("/proc/self/status".to_string(), |pid| {
-        format!("/proc/{pid}/status")
-    });
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with(field))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024)
+/// This process's virtual size, in bytes (0 without `/proc`).
+fn virtual_bytes() -> u64 {
+    proc_status::status_bytes(None, "VmSize:").unwrap_or(0)
 }
 
 /// Starts `count` tasks of `guest`, each blocked in its heartbeat call, and waits until they
@@ -146,13 +139,13 @@ pub(crate) async fn many_in_flight(count: usize) -> Result<()> {
             "release all s",
         ],
     );
-    let before = status_bytes(None, "VmSize:");
+    let before = virtual_bytes();
     let runtime = Runtime::new(&EngineSettings {
         max_concurrent_tasks: count as u32,
         max_memory_bytes: memory_limit,
         cache: CacheSetting::Directory(repo_root().join("target/wasmtime-cache")),
     })?;
-    let reserved = status_bytes(None, "VmSize:").saturating_sub(before);
+    let reserved = virtual_bytes().saturating_sub(before);
     let guest = runtime.load(&guest_path("rust-order")?)?;
     let limits = sfn_wasm_worker::sandbox::TaskLimits {
         timeout: Duration::from_secs(600),

@@ -8,12 +8,14 @@
 //! - [`worker`]: Step Functions' side (client, pollers and slots, one task's lifecycle,
 //!   heartbeats, reports, counters, shutdown and drain);
 //! - [`config`]: the TOML configuration and its human units;
-//! - [`scaffold`]: new guest projects (`sfn-wasm-worker new`).
+//! - [`scaffold`]: new guest projects (`sfn-wasm-worker new`);
+//! - [`proc_status`]: a process's memory figures from `/proc`.
 //!
 //! The `sfn-wasm-worker` binary (`main.rs`) is a thin command line over these.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
+pub mod proc_status;
 pub mod sandbox;
 pub mod scaffold;
 pub mod worker;

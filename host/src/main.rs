@@ -9,9 +9,9 @@ use sfn_wasm_worker::config::{
     ActivityConfig, Config, DEFAULT_MAX_CONCURRENCY, DEFAULT_MEMORY_LIMIT, DEFAULT_POLLERS,
     DEFAULT_TIMEOUT,
 };
+use sfn_wasm_worker::sandbox::capability::CapabilityFlags;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
-use sfn_wasm_worker::sandbox::outbound::policy::AllowedOrigin;
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, TaskLimits, WORLD};
 use sfn_wasm_worker::scaffold::{self, Language};
 use sfn_wasm_worker::worker::sfn::{self, ActivityClients};
@@ -119,7 +119,7 @@ enum Command {
 
 /// The `run` flags that describe the one activity of `--activity-arn`: refused with `--config`,
 /// whose file describes its activities itself.
-const SINGLE_ACTIVITY_FLAGS: [&str; 8] = [
+const SINGLE_ACTIVITY_FLAGS: [&str; 7] = [
     "activity_arn",
     "component",
     "max_concurrency",
@@ -127,7 +127,6 @@ const SINGLE_ACTIVITY_FLAGS: [&str; 8] = [
     "timeout",
     "memory_limit",
     "heartbeat_interval",
-    "allow_outbound",
 ];
 
 #[derive(Args)]
@@ -152,10 +151,9 @@ struct RunArgs {
     /// With --activity-arn: heartbeat every in-flight task at this interval [default: off]
     #[arg(long)]
     heartbeat_interval: Option<HumanDuration>,
-    /// With --activity-arn: let the guest send HTTP requests to this origin, e.g.
-    /// `https://api.example.com` or `https://*.example.com` (repeatable) [default: none]
-    #[arg(long, value_name = "URL")]
-    allow_outbound: Vec<AllowedOrigin>,
+    /// With --activity-arn: what the guest is granted (each capability's flags)
+    #[command(flatten, next_help_heading = "What the guest is granted")]
+    capabilities: CapabilityFlags,
     /// The workerName sent on polls (overrides `[worker] name`) [default: hostname-pid]
     #[arg(long)]
     worker_name: Option<String>,
@@ -205,33 +203,9 @@ struct InvokeArgs {
     /// The worker name the guest sees in its context
     #[arg(long, default_value = "sfn-wasm-worker-invoke")]
     worker_name: String,
-    /// Grant an environment variable to the guest (repeatable)
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    env: Vec<(String, String)>,
-    /// Grant read-only access to a host directory (repeatable)
-    #[arg(long = "dir", value_name = "HOST_PATH:GUEST_PATH", value_parser = parse_dir_grant)]
-    dirs: Vec<(PathBuf, String)>,
-    /// Let the guest send HTTP requests to this origin, e.g. `https://api.example.com`,
-    /// `https://*.example.com` or `http://127.0.0.1:8080` (repeatable)
-    #[arg(long, value_name = "URL")]
-    allow_outbound: Vec<AllowedOrigin>,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
-}
-
-fn parse_dir_grant(text: &str) -> Result<(PathBuf, String), String> {
-    let (host, guest) = text
-        .split_once(':')
-        .ok_or_else(|| format!("expected HOST_PATH:GUEST_PATH, got {text:?}"))?;
-    let host = PathBuf::from(host);
-    if !host.is_dir() {
-        return Err(format!("{} is not a directory", host.display()));
-    }
-    Ok((host, guest.to_string()))
+    /// What the guest is granted (each capability's flags)
+    #[command(flatten, next_help_heading = "What the guest is granted")]
+    capabilities: CapabilityFlags,
 }
 
 fn main() -> ExitCode {
@@ -288,7 +262,17 @@ fn init_logging(global: &GlobalArgs) {
 /// override the file's `[worker]` section. Not validated yet: [`Worker::new`] does that.
 fn run_config(args: &RunArgs) -> Result<Config> {
     let mut config = match (&args.config, &args.activity_arn, &args.component) {
-        (Some(path), _, _) => Config::load(path)?,
+        (Some(path), _, _) => {
+            if !args.capabilities.is_empty() {
+                anyhow::bail!(
+                    "the flags under \"What the guest is granted\" (run --help) are for \
+                     --activity-arn; with --config, grant it in the activity's tables in {} \
+                     (README \"Configuration\")",
+                    path.display()
+                );
+            }
+            Config::load(path)?
+        }
         (None, Some(arn), Some(component)) => {
             let mut activity = ActivityConfig::new(arn.clone(), component.clone());
             activity.max_concurrency = args.max_concurrency;
@@ -296,7 +280,7 @@ fn run_config(args: &RunArgs) -> Result<Config> {
             activity.timeout = Some(args.limits.timeout);
             activity.memory_limit = Some(args.limits.memory_limit);
             activity.heartbeat_interval = args.heartbeat_interval;
-            activity.capabilities.outbound.allowed_hosts = args.allow_outbound.clone();
+            args.capabilities.clone().apply(&mut activity.capabilities);
             Config {
                 worker: Default::default(),
                 activities: vec![activity],
@@ -365,9 +349,7 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let mut activity = ActivityConfig::new(args.activity_arn, args.component);
     activity.timeout = Some(args.limits.timeout);
     activity.memory_limit = Some(args.limits.memory_limit);
-    activity.capabilities.wasi.env = args.env.into_iter().collect();
-    activity.capabilities.wasi.read_only_dirs = args.dirs.into_iter().collect();
-    activity.capabilities.outbound.allowed_hosts = args.allow_outbound;
+    args.capabilities.apply(&mut activity.capabilities);
     let limits = activity.limits();
     let runtime = one_task_runtime(global, limits.memory_limit)?;
     let guest = runtime.load(&activity.component)?;
@@ -399,8 +381,8 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         elapsed_ms = stats.elapsed.as_secs_f64() * 1e3,
         peak_memory = stats.peak_memory,
         heartbeats = heartbeat.count(),
-        outbound_requests = stats.outbound_sent(),
-        outbound_denied = stats.outbound_denied(),
+        outbound_requests = stats.usage.outbound.sent(),
+        outbound_denied = stats.usage.outbound.denied(),
         "task finished"
     );
     let TaskEnd::Report(outcome) = end else {

@@ -21,6 +21,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Writes `config` as the TOML file `path`: a value shaped like the file (`worker` = {...},
+/// `activity` = [{...}, ...], capability tables nested in their activity). Every test's
+/// configuration file is written here, so the file's shape lives in one place.
+pub fn write_config(path: &Path, config: serde_json::Value) {
+    let text = toml::to_string(&config).expect("a config value writes as TOML");
+    std::fs::write(path, text).unwrap();
+}
+
+/// The path of a file as a config value.
+pub fn path_value(path: &Path) -> serde_json::Value {
+    serde_json::Value::String(path.to_str().expect("test paths are UTF-8").to_string())
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,8 +1,9 @@
 //! What a guest may reach beyond pure computation, one capability per room: each declares
 //! its `[activity.NAME]` configuration table, how that table is checked, what one activity
 //! is granted from it (built once per activity, shared by its tasks), what it links into
-//! the engine's linker, the state it keeps in each task's store, and which imports it
-//! provides (`check`'s report).
+//! the engine's linker, the state it keeps in each task's store, what one task used of it
+//! and the metrics that count that, its command-line flags (`invoke`, and `run` with
+//! `--activity-arn`), and which imports it provides (`check`'s report).
 //!
 //! The registry at the bottom is the one list of capabilities: adding one is a module that
 //! implements [`Capability`], its WIT if any, one line there, and its README section.
@@ -12,6 +13,7 @@ use crate::sandbox::output_capture::TailCapture;
 use crate::sandbox::run::Task;
 use crate::sandbox::store::TaskState;
 use anyhow::{Context as _, Result};
+use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -26,6 +28,13 @@ pub trait Capability {
     type Grant: Clone + Default + std::fmt::Debug + Send + Sync;
     /// What it keeps in one task's store, made fresh for every task.
     type TaskState: Send;
+    /// What one task used of it: taken from the task's state before its store is dropped,
+    /// read after (so what the store's drop records is in it). `()` if nothing.
+    type Usage: Clone + Default + std::fmt::Debug + Send + Sync;
+    /// Its metrics, one set per worker. `()` if none.
+    type Metrics: Default + Send + Sync;
+    /// Its command-line flags, the short form of its settings. [`NoFlags`] if none.
+    type Flags: clap::Args + Clone + Default + PartialEq + std::fmt::Debug;
 
     /// Checks the settings beyond their types; the error names the key and the fix.
     fn validate(_settings: &Self::Settings) -> Result<()> {
@@ -42,6 +51,20 @@ pub trait Capability {
     fn link(_linker: &mut Linker<TaskState>) -> Result<()> {
         Ok(())
     }
+
+    /// Writes the flags given on the command line into `settings`.
+    fn apply_flags(_flags: Self::Flags, _settings: &mut Self::Settings) {}
+
+    /// What the task whose state this is used of the capability.
+    fn usage(_state: &Self::TaskState) -> Self::Usage {
+        Self::Usage::default()
+    }
+
+    /// Registers its metrics with the worker's registry.
+    fn register_metrics(_metrics: &Self::Metrics, _registry: &mut Registry) {}
+
+    /// Counts what one finished task of `activity` used.
+    fn record(_metrics: &Self::Metrics, _activity: &str, _usage: &Self::Usage) {}
 
     /// Who provides `import`, if this capability does (what `check` prints).
     fn provider(_import: &str) -> Option<&'static str> {
@@ -60,6 +83,11 @@ pub struct TaskSetup<'a> {
     /// When the guest must stop.
     pub deadline: Instant,
 }
+
+/// The flags of a capability that has none.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+#[group(skip)]
+pub struct NoFlags {}
 
 /// Flat keys of earlier versions and the table each moved to: (old key, table, new key).
 const MOVED_KEYS: [(&str, &str, &str); 10] = [
@@ -102,6 +130,58 @@ macro_rules! capabilities {
         /// Every capability's state in one task's store.
         pub struct TaskCapabilities {
             $($(#[$doc])* pub $name: <$capability as Capability>::TaskState,)*
+        }
+
+        /// What one task used of each capability.
+        #[derive(Debug, Clone, Default)]
+        pub struct TaskUsage {
+            $($(#[$doc])* pub $name: <$capability as Capability>::Usage,)*
+        }
+
+        /// Every capability's command-line flags.
+        #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+        #[group(skip)]
+        pub struct CapabilityFlags {
+            $(#[command(flatten)] $name: <$capability as Capability>::Flags,)*
+        }
+
+        impl CapabilityFlags {
+            /// Whether no capability flag was given.
+            pub fn is_empty(&self) -> bool {
+                *self == CapabilityFlags::default()
+            }
+
+            /// Writes the flags given into `settings`.
+            pub fn apply(self, settings: &mut CapabilitySettings) {
+                $(<$capability as Capability>::apply_flags(self.$name, &mut settings.$name);)*
+            }
+        }
+
+        /// Every capability's metrics.
+        #[derive(Default)]
+        pub struct CapabilityMetrics {
+            $($(#[$doc])* pub $name: <$capability as Capability>::Metrics,)*
+        }
+
+        impl TaskCapabilities {
+            /// What the task has used of each capability so far.
+            pub fn usage(&self) -> TaskUsage {
+                TaskUsage {
+                    $($name: <$capability as Capability>::usage(&self.$name),)*
+                }
+            }
+        }
+
+        impl CapabilityMetrics {
+            /// Registers every capability's metrics with `registry`.
+            pub fn register(&self, registry: &mut Registry) {
+                $(<$capability as Capability>::register_metrics(&self.$name, registry);)*
+            }
+
+            /// Counts what one finished task of `activity` used.
+            pub fn record(&self, activity: &str, usage: &TaskUsage) {
+                $(<$capability as Capability>::record(&self.$name, activity, &usage.$name);)*
+            }
         }
 
         impl Grants {

@@ -13,7 +13,7 @@
 //! its first guests' first 10–20 ms), and the others' tasks, the polls and the reports keep
 //! the rest. Configured in `[activity.cpu]`.
 
-use crate::sandbox::capability::{Capability, TaskSetup};
+use crate::sandbox::capability::{Capability, NoFlags, TaskSetup};
 use anyhow::bail;
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -51,6 +51,9 @@ impl Capability for Cpu {
     type Settings = CpuSettings;
     type Grant = CpuShare;
     type TaskState = Arc<GuestCpu>;
+    type Usage = ();
+    type Metrics = ();
+    type Flags = NoFlags;
 
     fn validate(settings: &CpuSettings) -> anyhow::Result<()> {
         if settings.max_cores == Some(0) {

@@ -5,7 +5,7 @@
 use crate::sandbox::bindings::sfn::activity::host::{Host, LogLevel};
 use crate::sandbox::bindings::sfn::activity::types;
 use crate::sandbox::bindings::Handler;
-use crate::sandbox::capability::{Capability, TaskSetup};
+use crate::sandbox::capability::{Capability, NoFlags, TaskSetup};
 use crate::sandbox::store::{self, TaskState};
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
@@ -47,10 +47,20 @@ impl Default for LogLimits {
     }
 }
 
+/// What one task used of the host API.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostUsage {
+    /// Heartbeats the guest asked for.
+    pub heartbeats: u64,
+}
+
 impl Capability for HostApi {
     type Settings = HostApiSettings;
     type Grant = LogLimits;
     type TaskState = HostState;
+    type Usage = HostUsage;
+    type Metrics = ();
+    type Flags = NoFlags;
 
     fn validate(settings: &HostApiSettings) -> anyhow::Result<()> {
         if settings.max_log_line_bytes == Some(0) {
@@ -66,6 +76,12 @@ impl Capability for HostApi {
         LogLimits {
             lines: settings.max_log_lines.unwrap_or(defaults.lines),
             line_bytes: settings.max_log_line_bytes.unwrap_or(defaults.line_bytes),
+        }
+    }
+
+    fn usage(state: &HostState) -> HostUsage {
+        HostUsage {
+            heartbeats: state.heartbeats_requested,
         }
     }
 
@@ -200,11 +216,6 @@ impl HostState {
             log_lines: 0,
             log_limits,
         }
-    }
-
-    /// Heartbeats the guest asked for.
-    pub fn heartbeats_requested(&self) -> u64 {
-        self.heartbeats_requested
     }
 
     /// The task's interrupt.

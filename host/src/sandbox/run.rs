@@ -4,7 +4,7 @@
 
 use crate::sandbox::bindings::sfn::activity::types::TaskContext;
 use crate::sandbox::bindings::HandlerPre;
-use crate::sandbox::capability::{Grants, TaskSetup};
+use crate::sandbox::capability::{Grants, TaskSetup, TaskUsage};
 use crate::sandbox::host_api::{CountingHeartbeat, Heartbeat, Interrupt};
 use crate::sandbox::limits::{TaskLimits, OUTPUT_TAIL_BYTES};
 use crate::sandbox::outcome::{Outcome, RunFacts, RunStop, TaskEnd};
@@ -56,29 +56,12 @@ pub struct TaskStats {
     pub phases: Phases,
     /// Peak linear memory the guest held, in bytes.
     pub peak_memory: u64,
-    /// Heartbeats the guest asked for.
-    pub heartbeats: u64,
-    /// How each outbound request ended (see [`crate::sandbox::outbound::OutboundHooks::results`]).
-    pub outbound_results: Vec<&'static str>,
+    /// What it used of each capability.
+    pub usage: TaskUsage,
     /// The tail of the guest's stdout.
     pub stdout_tail: String,
     /// The tail of the guest's stderr.
     pub stderr_tail: String,
-}
-
-impl TaskStats {
-    /// Outbound HTTP requests the guest sent (they went out, whatever came back).
-    pub fn outbound_sent(&self) -> usize {
-        self.outbound_results.len() - self.outbound_denied()
-    }
-
-    /// Outbound HTTP requests the guest was denied.
-    pub fn outbound_denied(&self) -> usize {
-        self.outbound_results
-            .iter()
-            .filter(|result| **result == "denied")
-            .count()
-    }
 }
 
 /// The future a [`TaskHandler`] returns.
@@ -136,17 +119,15 @@ pub(crate) async fn run_task(
     };
     let mut stats = TaskStats {
         peak_memory: state.map_or(0, |s| s.limiter().peak()),
-        heartbeats: state.map_or(0, |s| s.host().heartbeats_requested()),
         stdout_tail: stdout.tail_text(),
         stderr_tail: facts.stderr_tail.clone(),
+        // Handles, read after the drop: a response the guest still held is recorded as it goes.
+        usage: state.map(TaskState::usage).unwrap_or_default(),
         ..TaskStats::default()
     };
-    let outbound_results = state.map(|s| s.outbound().results());
     let dropping = Instant::now();
     drop(store);
     phases.drop = dropping.elapsed();
-    // Read after the drop: a response the guest still held is recorded as it goes.
-    stats.outbound_results = outbound_results.map_or_else(Vec::new, |r| r.lock().unwrap().clone());
     stats.elapsed = started.elapsed();
     stats.phases = phases;
     (TaskEnd::from_stop(stop, &facts), stats)

@@ -1,11 +1,11 @@
 //! One task's [`Store`]: every capability's per-task state, the resource table they share,
 //! the memory limiter and the deadline, built fresh for every task and dropped when it ends.
 
-use crate::sandbox::capability::TaskCapabilities;
+use crate::sandbox::capability::{TaskCapabilities, TaskUsage};
 use crate::sandbox::cpu_share::GuestCpu;
 use crate::sandbox::host_api::HostState;
 use crate::sandbox::limits::{MemoryLimiter, TaskLimits};
-use crate::sandbox::outbound::{GuardedView, OutboundHooks};
+use crate::sandbox::outbound::GuardedView;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
@@ -52,14 +52,10 @@ impl TaskState {
         }
     }
 
-    /// The task's outbound HTTP (what it sent and was denied).
-    pub fn outbound(&self) -> &OutboundHooks {
-        &self.capabilities.outbound.hooks
-    }
-
-    /// The host side of the task (heartbeats, logs, interrupt).
-    pub fn host(&self) -> &HostState {
-        &self.capabilities.host
+    /// What the task has used of each capability (handles: read them after the store is
+    /// dropped).
+    pub fn usage(&self) -> TaskUsage {
+        self.capabilities.usage()
     }
 
     /// When the guest must stop.

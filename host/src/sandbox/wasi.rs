@@ -28,6 +28,34 @@ pub struct WasiSettings {
     pub read_only_dirs: BTreeMap<PathBuf, String>,
 }
 
+/// `--env KEY=VALUE` and `--dir HOST_PATH:GUEST_PATH`.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct WasiFlags {
+    /// Grant an environment variable to the guest (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Grant read-only access to a host directory (repeatable)
+    #[arg(long = "dir", value_name = "HOST_PATH:GUEST_PATH", value_parser = parse_dir_grant)]
+    dirs: Vec<(PathBuf, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+fn parse_dir_grant(text: &str) -> Result<(PathBuf, String), String> {
+    let (host, guest) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected HOST_PATH:GUEST_PATH, got {text:?}"))?;
+    let host = PathBuf::from(host);
+    if !host.is_dir() {
+        return Err(format!("{} is not a directory", host.display()));
+    }
+    Ok((host, guest.to_string()))
+}
+
 /// What of WASI an activity's guests are granted.
 #[derive(Debug, Clone, Default)]
 pub struct WasiGrant {
@@ -64,6 +92,14 @@ impl Capability for Wasi {
     type Settings = WasiSettings;
     type Grant = WasiGrant;
     type TaskState = WasiCtx;
+    type Usage = ();
+    type Metrics = ();
+    type Flags = WasiFlags;
+
+    fn apply_flags(flags: WasiFlags, settings: &mut WasiSettings) {
+        settings.env.extend(flags.env);
+        settings.read_only_dirs.extend(flags.dirs);
+    }
 
     fn validate(settings: &WasiSettings) -> Result<()> {
         for host in settings.read_only_dirs.keys() {

@@ -26,41 +26,9 @@ enum Content {
     Bytes(&'static [u8]),
 }
 
-/// The contract, as this worker's `wit/` holds it.
-const WIT: [(&str, &str); 8] = [
-    (
-        "wit/activity.wit",
-        include_str!("../../../wit/activity.wit"),
-    ),
-    (
-        "wit/deps/cli/package.wit",
-        include_str!("../../../wit/deps/cli/package.wit"),
-    ),
-    (
-        "wit/deps/clocks/package.wit",
-        include_str!("../../../wit/deps/clocks/package.wit"),
-    ),
-    (
-        "wit/deps/filesystem/package.wit",
-        include_str!("../../../wit/deps/filesystem/package.wit"),
-    ),
-    (
-        "wit/deps/http/package.wit",
-        include_str!("../../../wit/deps/http/package.wit"),
-    ),
-    (
-        "wit/deps/io/package.wit",
-        include_str!("../../../wit/deps/io/package.wit"),
-    ),
-    (
-        "wit/deps/random/package.wit",
-        include_str!("../../../wit/deps/random/package.wit"),
-    ),
-    (
-        "wit/deps/sockets/package.wit",
-        include_str!("../../../wit/deps/sockets/package.wit"),
-    ),
-];
+/// The contract, as this worker's `wit/` holds it: (path in the project, text), every file
+/// under `wit/` (listed by the build script).
+const WIT: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/wit_files.rs"));
 
 /// The sample task input every project's README invokes.
 const SAMPLE_INPUT: &str = "{\"name\": \"Ada\"}\n";

@@ -4,6 +4,8 @@
 //! `guest`. Every event is counted once, here; the worker's totals
 //! ([`crate::worker::stats`]) are sums over these counters.
 
+use crate::proc_status::resident_bytes;
+use crate::sandbox::capability::CapabilityMetrics;
 use crate::sandbox::outcome::WORKER_ERRORS;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
@@ -58,15 +60,6 @@ pub struct ResultLabel {
     pub result: String,
 }
 
-/// Labels of a guest's outbound request.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutboundLabels {
-    /// The activity's ARN.
-    pub activity: String,
-    /// `2xx`, `3xx`, `4xx`, `5xx`, `error` (no response) or `denied`.
-    pub status: String,
-}
-
 type Seconds = Family<ActivityLabel, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -103,8 +96,8 @@ pub struct Metrics {
     pub heartbeats: Counters<ResultLabel>,
     /// Report attempts `retried`, and reports `lost` (never delivered).
     pub reports: Counters<ResultLabel>,
-    /// Guests' outbound HTTP requests, by status class.
-    pub outbound: Counters<OutboundLabels>,
+    /// Each capability's own metrics (e.g. outbound requests).
+    pub capabilities: CapabilityMetrics,
     /// Time it took to load (compile or map) each activity's component.
     pub component_load_seconds: Family<ActivityLabel, Gauge<f64, AtomicU64>>,
     /// Reloads `applied` and `refused` (SIGHUP, or a component file changed).
@@ -130,7 +123,7 @@ impl Default for Metrics {
             api_errors: Counters::default(),
             heartbeats: Counters::default(),
             reports: Counters::default(),
-            outbound: Counters::default(),
+            capabilities: CapabilityMetrics::default(),
             component_load_seconds: Family::default(),
             reloads: Counters::default(),
             process_resident_memory: Gauge::default(),
@@ -157,11 +150,11 @@ impl Default for Metrics {
             ("api_errors", "Step Functions calls that failed", api_errors),
             ("heartbeats", "SendTaskHeartbeat calls, sent or failed", heartbeats),
             ("reports", "Report attempts retried, and reports lost", reports),
-            ("outbound_requests", "Guests' outbound HTTP requests by status class", outbound),
             ("component_load_seconds", "Time to load each activity's component", component_load_seconds),
             ("reloads", "Reloads applied or refused", reloads),
             ("process_resident_memory_bytes", "Resident memory of the worker process", process_resident_memory),
         ];
+        metrics.capabilities.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -217,8 +210,9 @@ impl Metrics {
 
     /// The text exposition, with the process's memory read now.
     pub fn encode(&self) -> String {
-        if let Some(rss) = resident_memory() {
-            self.process_resident_memory.set(rss);
+        if let Some(rss) = resident_bytes(None) {
+            self.process_resident_memory
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String does not fail");
@@ -311,15 +305,6 @@ pub fn activity_label(activity: &str) -> ActivityLabel {
     ActivityLabel {
         activity: activity.to_string(),
     }
-}
-
-/// Resident memory in bytes, from `/proc/self/status` (`VmRSS`, in KiB whatever the page
-/// size).
-fn resident_memory() -> Option<i64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 #[cfg(test)]

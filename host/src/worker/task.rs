@@ -5,7 +5,7 @@ use crate::sandbox::host_api::{Interrupt, InterruptReason};
 use crate::sandbox::{Outcome, Task, TaskEnd, TaskStats};
 use crate::worker::activity::{ActivitySpec, Shared};
 use crate::worker::heartbeat::TaskHeartbeat;
-use crate::worker::metrics::{activity_label, Metrics, OutboundLabels};
+use crate::worker::metrics::{activity_label, Metrics};
 use crate::worker::report::{report, ReportError};
 use crate::worker::sfn::ActivityTask;
 use std::sync::Arc;
@@ -96,19 +96,15 @@ async fn run_in_sandbox(
     }
 }
 
-/// Records what the sandbox saw of a task: its time, peak memory and outbound requests.
+/// Records what the sandbox saw of a task: its time, peak memory and what it used of each
+/// capability.
 fn record_sandbox(metrics: &Metrics, activity: &str, stats: &TaskStats) {
     metrics
         .sandbox_seconds
         .get_or_create(&activity_label(activity))
         .observe(stats.elapsed.as_secs_f64());
     metrics.guest_memory(activity, stats.peak_memory);
-    for status in &stats.outbound_results {
-        metrics.outbound.inc(&OutboundLabels {
-            activity: activity.to_string(),
-            status: status.to_string(),
-        });
-    }
+    metrics.capabilities.record(activity, &stats.usage);
 }
 
 /// Counts and logs a reported task: one line whatever happened to the report.
@@ -134,8 +130,8 @@ fn log_reported(
                 run_ms,
                 elapsed_ms,
                 peak_memory = stats.peak_memory,
-                outbound_requests = stats.outbound_sent(),
-                outbound_denied = stats.outbound_denied(),
+                outbound_requests = stats.usage.outbound.sent(),
+                outbound_denied = stats.usage.outbound.denied(),
                 "task finished"
             );
         }

@@ -1,6 +1,7 @@
 //! `[activity.outbound]`: the outbound HTTP capability's settings, its grant (the allowlist
 //! and limits, one in-flight bound per activity) and its linking: `wasi:http/types` as
-//! standard, `wasi:http/outgoing-handler` guarded by the grant.
+//! standard, `wasi:http/outgoing-handler` guarded by the grant; and its metric,
+//! `outbound_requests_total{activity,status}`.
 
 use crate::config::units::{ByteSize, HumanDuration};
 use crate::sandbox::capability::{Capability, TaskSetup};
@@ -8,8 +9,12 @@ use crate::sandbox::outbound::policy::AllowedOrigin;
 use crate::sandbox::outbound::{OutboundGrant, OutboundHooks, OutboundLimits};
 use crate::sandbox::store::TaskState;
 use anyhow::{bail, Context as _, Result};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -68,6 +73,54 @@ pub struct OutboundTaskState {
     pub hooks: OutboundHooks,
 }
 
+/// `--allow-outbound URL`.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct OutboundFlags {
+    /// Let the guest send HTTP requests to this origin, e.g. `https://api.example.com`,
+    /// `https://*.example.com` or `http://127.0.0.1:8080` (repeatable) [default: none]
+    #[arg(long, value_name = "URL")]
+    allow_outbound: Vec<AllowedOrigin>,
+}
+
+/// How each outbound request of one task ended, in order: `2xx`, `3xx`, `4xx`, `5xx` (the
+/// response's status class), `error` (no response) or `denied`. A request is recorded when
+/// its response is dropped: read it after the task's store is.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundUsage(pub(crate) Arc<Mutex<Vec<&'static str>>>);
+
+impl OutboundUsage {
+    /// How each request ended.
+    pub fn results(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Requests the guest sent (they went out, whatever came back).
+    pub fn sent(&self) -> usize {
+        self.results().iter().filter(|r| **r != "denied").count()
+    }
+
+    /// Requests the guest was denied.
+    pub fn denied(&self) -> usize {
+        self.results().iter().filter(|r| **r == "denied").count()
+    }
+}
+
+/// Labels of a guest's outbound request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    /// The activity's ARN.
+    pub activity: String,
+    /// How the request ended (see [`OutboundUsage`]).
+    pub status: String,
+}
+
+/// The outbound capability's metrics.
+#[derive(Default)]
+pub struct OutboundMetrics {
+    /// Guests' outbound HTTP requests, by activity and how they ended.
+    pub requests: Family<OutboundLabels, Counter>,
+}
+
 /// The `wasi:http` version this host implements (wit/deps/http); guests importing any
 /// earlier 0.2.x are linked to it too.
 const WASI_HTTP_OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
@@ -76,6 +129,13 @@ impl Capability for Outbound {
     type Settings = OutboundSettings;
     type Grant = Arc<OutboundGrant>;
     type TaskState = OutboundTaskState;
+    type Usage = OutboundUsage;
+    type Metrics = OutboundMetrics;
+    type Flags = OutboundFlags;
+
+    fn apply_flags(flags: OutboundFlags, settings: &mut OutboundSettings) {
+        settings.allowed_hosts.extend(flags.allow_outbound);
+    }
 
     fn validate(settings: &OutboundSettings) -> Result<()> {
         let limits = settings.limits();
@@ -149,6 +209,30 @@ impl Capability for Outbound {
             })
             .map_err(anyhow::Error::from)
             .context("linking wasi:http/outgoing-handler")
+    }
+
+    fn usage(state: &OutboundTaskState) -> OutboundUsage {
+        state.hooks.usage()
+    }
+
+    fn register_metrics(metrics: &OutboundMetrics, registry: &mut Registry) {
+        registry.register(
+            "outbound_requests",
+            "Guests' outbound HTTP requests by status class",
+            metrics.requests.clone(),
+        );
+    }
+
+    fn record(metrics: &OutboundMetrics, activity: &str, usage: &OutboundUsage) {
+        for status in usage.results() {
+            metrics
+                .requests
+                .get_or_create(&OutboundLabels {
+                    activity: activity.to_string(),
+                    status: status.to_string(),
+                })
+                .inc();
+        }
     }
 
     fn provider(import: &str) -> Option<&'static str> {

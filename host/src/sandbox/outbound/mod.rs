@@ -12,7 +12,7 @@ pub mod capability;
 pub mod client;
 pub mod policy;
 
-pub use capability::{Outbound, OutboundSettings};
+pub use capability::{Outbound, OutboundSettings, OutboundUsage};
 
 use crate::sandbox::outbound::client::{Resolver, SendPlan, SendResult, SystemResolver};
 use crate::sandbox::outbound::policy::{Allowlist, Target};
@@ -140,11 +140,9 @@ impl OutboundHooks {
         }
     }
 
-    /// How each request of the task ended: `2xx`, `3xx`, `4xx`, `5xx` (the response's
-    /// status class), `error` (no response) or `denied`. A request is recorded when its
-    /// response is dropped: read it after the store is.
-    pub fn results(&self) -> Arc<std::sync::Mutex<Vec<&'static str>>> {
-        self.results.clone()
+    /// How the task's requests ended (a handle: read it after the store is dropped).
+    pub fn usage(&self) -> OutboundUsage {
+        OutboundUsage(self.results.clone())
     }
 
     /// Admits a request to `scheme://authority` with these headers (keeping its target for

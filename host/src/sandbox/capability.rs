@@ -6,7 +6,10 @@
 //! `--activity-arn`), and which imports it provides (`check`'s report).
 //!
 //! The registry at the bottom is the one list of capabilities: adding one is a module that
-//! implements [`Capability`], its WIT if any, one line there, and its README section.
+//! implements [`Capability`], its WIT if any, one line there, and its README section. Its
+//! host functions reach their state through
+//! [`TaskState::capabilities_and_table`](crate::sandbox::store::TaskState::capabilities_and_table)
+//! (`.0.NAME`), and wasmtime's view traits for its interfaces are implemented in its module.
 //! Nothing is granted by default (and the CPU is not bounded); sockets are off.
 
 use crate::sandbox::output_capture::TailCapture;

@@ -6,7 +6,7 @@ use crate::sandbox::bindings::sfn::activity::host::{Host, LogLevel};
 use crate::sandbox::bindings::sfn::activity::types;
 use crate::sandbox::bindings::Handler;
 use crate::sandbox::capability::{Capability, NoFlags, TaskSetup};
-use crate::sandbox::store::{self, TaskState};
+use crate::sandbox::store::TaskState;
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 use std::future::Future;
@@ -97,9 +97,11 @@ impl Capability for HostApi {
     }
 
     fn link(linker: &mut Linker<TaskState>) -> anyhow::Result<()> {
-        Handler::add_to_linker::<_, HasSelf<_>>(linker, store::host_state)
-            .map_err(anyhow::Error::from)
-            .context("linking the sfn:activity host interface")
+        Handler::add_to_linker::<_, HasSelf<_>>(linker, |state: &mut TaskState| {
+            &mut state.capabilities_and_table().0.host
+        })
+        .map_err(anyhow::Error::from)
+        .context("linking the sfn:activity host interface")
     }
 
     fn provider(import: &str) -> Option<&'static str> {

@@ -3,15 +3,11 @@
 
 use crate::sandbox::capability::{TaskCapabilities, TaskUsage};
 use crate::sandbox::cpu_share::GuestCpu;
-use crate::sandbox::host_api::HostState;
 use crate::sandbox::limits::{MemoryLimiter, TaskLimits};
-use crate::sandbox::outbound::GuardedView;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi::{WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 /// Everything a task's [`Store`] holds.
 pub struct TaskState {
@@ -21,35 +17,11 @@ pub struct TaskState {
     deadline: Instant,
 }
 
-impl WasiView for TaskState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.capabilities.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for TaskState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        let outbound = &mut self.capabilities.outbound;
-        WasiHttpCtxView {
-            ctx: &mut outbound.http,
-            table: &mut self.table,
-            hooks: &mut outbound.hooks,
-        }
-    }
-}
-
 impl TaskState {
-    /// The task's wasi:http state for the guarded `outgoing-handler`.
-    pub fn guarded_http(&mut self) -> GuardedView<'_> {
-        let outbound = &mut self.capabilities.outbound;
-        GuardedView {
-            ctx: &mut outbound.http,
-            table: &mut self.table,
-            hooks: &mut outbound.hooks,
-        }
+    /// Every capability's state and the resource table they share, borrowed together: what
+    /// a capability's host functions reach their state through.
+    pub fn capabilities_and_table(&mut self) -> (&mut TaskCapabilities, &mut ResourceTable) {
+        (&mut self.capabilities, &mut self.table)
     }
 
     /// What the task has used of each capability (handles: read them after the store is
@@ -72,11 +44,6 @@ impl TaskState {
     pub fn limiter(&self) -> &MemoryLimiter {
         &self.limiter
     }
-}
-
-/// Gives the generated `host` bindings their per-task state.
-pub(crate) fn host_state(state: &mut TaskState) -> &mut HostState {
-    &mut state.capabilities.host
 }
 
 /// A fresh store for one task with `capabilities` (each capability's state for it): the

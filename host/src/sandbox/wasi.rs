@@ -11,7 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use wasmtime::component::Linker;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The WASI p2 capability.
 pub struct Wasi;
@@ -85,6 +85,16 @@ impl WasiGrant {
                 })?;
         }
         Ok(wasi.build())
+    }
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (capabilities, table) = self.capabilities_and_table();
+        WasiCtxView {
+            ctx: &mut capabilities.wasi,
+            table,
+        }
     }
 }
 

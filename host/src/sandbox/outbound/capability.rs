@@ -6,7 +6,7 @@
 use crate::config::units::{ByteSize, HumanDuration};
 use crate::sandbox::capability::{Capability, TaskSetup};
 use crate::sandbox::outbound::policy::AllowedOrigin;
-use crate::sandbox::outbound::{OutboundGrant, OutboundHooks, OutboundLimits};
+use crate::sandbox::outbound::{GuardedView, OutboundGrant, OutboundHooks, OutboundLimits};
 use crate::sandbox::store::TaskState;
 use anyhow::{bail, Context as _, Result};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
-use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The outbound HTTP capability.
 pub struct Outbound;
@@ -121,6 +121,29 @@ pub struct OutboundMetrics {
     pub requests: Family<OutboundLabels, Counter>,
 }
 
+impl WasiHttpView for TaskState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let (capabilities, table) = self.capabilities_and_table();
+        let outbound = &mut capabilities.outbound;
+        WasiHttpCtxView {
+            ctx: &mut outbound.http,
+            table,
+            hooks: &mut outbound.hooks,
+        }
+    }
+}
+
+/// The task's wasi:http state for the guarded `outgoing-handler`.
+fn guarded_http(state: &mut TaskState) -> GuardedView<'_> {
+    let (capabilities, table) = state.capabilities_and_table();
+    let outbound = &mut capabilities.outbound;
+    GuardedView {
+        ctx: &mut outbound.http,
+        table,
+        hooks: &mut outbound.hooks,
+    }
+}
+
 /// The `wasi:http` version this host implements (wit/deps/http); guests importing any
 /// earlier 0.2.x are linked to it too.
 const WASI_HTTP_OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
@@ -200,7 +223,7 @@ impl Capability for Outbound {
                         Option<Resource<RequestOptions>>,
                     )|
                      -> wasmtime::Result<HandleResult> {
-                        match store.data_mut().guarded_http().handle(request, options) {
+                        match guarded_http(store.data_mut()).handle(request, options) {
                             Ok(response) => Ok((Ok(response),)),
                             Err(error) => error.downcast().map(|code| (Err(code),)),
                         }

@@ -72,8 +72,15 @@ pub struct SendPlan {
     pub log: RequestLog,
 }
 
-/// Sends `request` as `plan` says.
-pub async fn send(plan: SendPlan, mut request: http::Request<WasiBody>) -> SendResult {
+/// The sending half of an HTTP/1.1 connection, and the handle of the task driving it.
+type Connection = (
+    hyper::client::conn::http1::SendRequest<WasiBody>,
+    AbortOnDropHandle<()>,
+);
+
+/// Sends `request` as `plan` says: within the deadline, a slot of the activity's in-flight
+/// bound, a vetted connection and the first byte of the response; then its body, capped.
+pub async fn send(plan: SendPlan, request: http::Request<WasiBody>) -> SendResult {
     let SendPlan {
         target,
         allowlist,
@@ -92,37 +99,14 @@ pub async fn send(plan: SendPlan, mut request: http::Request<WasiBody>) -> SendR
         limits.first_byte_timeout,
         options.and_then(|o| o.first_byte_timeout),
     );
-
     let setup = async {
         let permit = tokio::time::timeout(connect_timeout, in_flight.acquire_owned())
             .await
             .map_err(|_| Error::ConnectionLimitReached)?
             .expect("the in-flight semaphore is never closed");
-        let addresses = resolve(&target, &*resolver, connect_timeout).await?;
-        let allowed: Vec<SocketAddr> = addresses
-            .iter()
-            .copied()
-            .filter(|address| allowlist.may_connect(&target, address.ip()))
-            .collect();
-        if allowed.is_empty() {
-            log.refused_address(&addresses);
-            return Err(Error::DestinationIpProhibited);
-        }
-        let stream = connect(&allowed, connect_timeout).await?;
-        let (mut sender, driver) = match target.scheme {
-            OriginScheme::Http => handshake(stream).await?,
-            OriginScheme::Https => handshake(tls(&target, stream).await?).await?,
-        };
-        // On the wire the request line carries only the path; the authority is in `host`.
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        *request.uri_mut() = http::Uri::builder()
-            .path_and_query(path)
-            .build()
-            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        let connection = open(&target, &allowlist, &*resolver, connect_timeout, &mut log);
+        let (mut sender, driver) = connection.await?;
+        let request = origin_form(request)?;
         let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
             .await
             .map_err(|_| Error::HttpResponseTimeout)??;
@@ -157,10 +141,53 @@ pub async fn send(plan: SendPlan, mut request: http::Request<WasiBody>) -> SendR
     ))
 }
 
+/// A connection to `target` at one of the addresses its name resolves to that the
+/// allowlist lets the guest reach (refused addresses are logged), with TLS for `https`.
+async fn open(
+    target: &Target,
+    allowlist: &Allowlist,
+    resolver: &dyn Resolver,
+    connect_timeout: std::time::Duration,
+    log: &mut RequestLog,
+) -> Result<Connection, Error> {
+    let addresses = resolve(target, resolver, connect_timeout).await?;
+    let allowed: Vec<SocketAddr> = addresses
+        .iter()
+        .copied()
+        .filter(|address| allowlist.may_connect(target, address.ip()))
+        .collect();
+    if allowed.is_empty() {
+        log.refused_address(&addresses);
+        return Err(Error::DestinationIpProhibited);
+    }
+    let stream = connect(&allowed, connect_timeout).await?;
+    match target.scheme {
+        OriginScheme::Http => handshake(stream).await,
+        OriginScheme::Https => handshake(tls(target, stream).await?).await,
+    }
+}
+
+/// `request` as it goes on the wire: the request line carries only the path (and query);
+/// the authority is in its `host` header.
+fn origin_form(mut request: http::Request<WasiBody>) -> Result<http::Request<WasiBody>, Error> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    Ok(request)
+}
+
+/// The shorter of our timeout and the guest's, if it set one.
 fn shorter(ours: std::time::Duration, guests: Option<std::time::Duration>) -> std::time::Duration {
     guests.map_or(ours, |theirs| theirs.min(ours))
 }
 
+/// The addresses of `target` (itself if it is an IP), within `timeout`.
 async fn resolve(
     target: &Target,
     resolver: &dyn Resolver,
@@ -249,15 +276,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
 
 /// An HTTP/1.1 connection over `stream`, driven by its own task until the returned handle
 /// is dropped (with the response body, or with the request if it never got one).
-async fn handshake<S>(
-    stream: S,
-) -> Result<
-    (
-        hyper::client::conn::http1::SendRequest<WasiBody>,
-        AbortOnDropHandle<()>,
-    ),
-    Error,
->
+async fn handshake<S>(stream: S) -> Result<Connection, Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {

@@ -214,11 +214,7 @@ fn start_worker(
     write_config(
         &config,
         json!({
-            "worker": {
-                "region": "us-east-1",
-                "endpoint_url": fake.endpoint,
-                "metrics_addr": addr.to_string(),
-            },
+            "worker": worker_table(fake, addr),
             "activity": activities,
         }),
     );
@@ -324,12 +320,7 @@ async fn no_task_token_is_in_any_log_line_or_metric_even_at_trace_level() {
     write_config(
         &config,
         json!({
-            "worker": {
-                "region": "us-east-1",
-                "endpoint_url": fake.endpoint,
-                "metrics_addr": addr.to_string(),
-                "drain_timeout": "5s",
-            },
+            "worker": with_drain_timeout(worker_table(&fake, addr), "5s"),
             "activity": [{
                 "arn": arn,
                 "component": path_value(&guest_path("adversary")),
@@ -364,4 +355,19 @@ async fn no_task_token_is_in_any_log_line_or_metric_even_at_trace_level() {
             "no task id in the log"
         );
     }
+}
+
+/// The `[worker]` table of a worker against `fake` serving metrics on `addr`.
+fn worker_table(fake: &FakeSfn, addr: SocketAddr) -> serde_json::Value {
+    json!({
+        "region": "us-east-1",
+        "endpoint_url": fake.endpoint,
+        "metrics_addr": addr.to_string(),
+    })
+}
+
+/// `worker` with its drain timeout set to `timeout`.
+fn with_drain_timeout(mut worker: serde_json::Value, timeout: &str) -> serde_json::Value {
+    worker["drain_timeout"] = json!(timeout);
+    worker
 }

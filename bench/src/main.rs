@@ -16,6 +16,7 @@
 //!
 //! Run it with `bash bench/run.sh [--quick] [--localstack]` (see BENCHMARKS.md).
 
+mod cpu_share;
 mod idle;
 mod localstack;
 mod memory;
@@ -65,7 +66,7 @@ struct Args {
     #[arg(long)]
     localstack: bool,
     /// Run only these sections (1 sandbox, 2 throughput, 3 memory, 4 start-up and idle, 5
-    /// LocalStack, 6 tenants, 7 peers, 8 hostile neighbours)
+    /// LocalStack, 6 tenants, 7 peers, 8 hostile neighbours, 9 the CPU share)
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Override the number of tasks per throughput run
@@ -134,6 +135,7 @@ fn main() -> Result<()> {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(sfn_wasm_worker::sandbox::cpu_share::runtime_threads())
         .enable_all()
         .build()?
         .block_on(run(Args::parse()))
@@ -213,6 +215,11 @@ async fn run(args: Args) -> Result<()> {
     if wanted(8) {
         let window = Duration::from_secs(if args.quick { 3 } else { 15 });
         neighbours::neighbours(&runtime, window).await?;
+    }
+    if wanted(9) {
+        let window = Duration::from_secs(if args.quick { 3 } else { 15 });
+        let tasks = if args.quick { 16 } else { 40 };
+        cpu_share::cpu_share(&runtime, tasks, window).await?;
     }
     if args.localstack || args.only.contains(&5) {
         localstack::localstack(&guests[0].1, counts.localstack_tasks).await?;

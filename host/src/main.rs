@@ -10,6 +10,7 @@ use sfn_wasm_worker::config::{
     DEFAULT_TIMEOUT,
 };
 use sfn_wasm_worker::sandbox::capability::CapabilityFlags;
+use sfn_wasm_worker::sandbox::cpu_share;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, TaskLimits, WORLD};
@@ -212,7 +213,9 @@ fn main() -> ExitCode {
     quiet_library_backtraces();
     let cli = Cli::parse();
     init_logging(&cli.global);
+    // One thread more than the cores' turns (see sandbox::cpu_share).
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpu_share::runtime_threads())
         .enable_all()
         .build()
         .expect("starting the tokio runtime");

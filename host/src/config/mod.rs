@@ -492,7 +492,7 @@ mod tests {
             activity.capabilities.outbound.limits().connect_timeout,
             Duration::from_secs(2)
         );
-        assert_eq!(activity.capabilities.cpu.max_cores(), 3);
+        assert_eq!(activity.capabilities.cpu.max_cores, Some(3));
     }
 
     #[test]

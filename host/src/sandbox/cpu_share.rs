@@ -1,17 +1,24 @@
-//! An activity's share of the CPU: how many of its guests may be executing at once, on the
-//! worker's threads, once one of them is long-running: it has executed through a whole
-//! epoch tick interval (it has seen two 10 ms ticks; a short guest may see one, as the
-//! ticks do not wait for it).
+//! The CPU shared out between activities whose guests compute, as a fair scheduler does:
+//! work-conserving, bounded only while someone else waits.
+//!
+//! The worker has one turn per core (one [`CpuScheduler`] per process). A guest needs a turn
+//! to execute once its activity has a long-running guest: one that has executed through a
+//! whole epoch tick interval (it has seen two 10 ms ticks; a short guest may see one, as the
+//! ticks do not wait for it). While none of an activity's guests is long-running, its guests
+//! need no turn at all: tasks shorter than a tick never queue.
 //!
 //! A guest gives its turn back whenever it stops executing: at every tick (it yields) and
-//! whenever it waits in a host call (a heartbeat, an outbound request, a sleep). To run on
-//! it waits for one of the activity's `max_cores` turns, first in, first out, except that
-//! guests which are not long-running go first (so a short task waits about a tick at most
-//! behind its own activity's long ones). While none of the activity's guests is
-//! long-running, its guests need no turn at all: tasks shorter than a tick never queue. So
-//! a tenant whose guests spin can occupy at most `max_cores` of the worker's threads (after
-//! its first guests' first 10–20 ms), and the others' tasks, the polls and the reports keep
-//! the rest. Configured in `[activity.cpu]`.
+//! whenever it waits in a host call (a heartbeat, an outbound request, a sleep). A turn
+//! given back goes to a waiting guest that is not long-running first (so a short task waits
+//! about a tick at most behind long ones), then to the activity that holds the fewest turns
+//! (the one served longest ago on a tie), never past an activity's `max_cores` (no cap by
+//! default), and, while another activity of the worker has a task running or had one in
+//! the last [`NEIGHBOUR_WINDOW`], never past cores − 1 (at least 1): a core stays free for
+//! that neighbour's tasks, polls and reports. So an activity alone uses every core; two
+//! that compute side by side get about half each; and a neighbour's short tasks never wait
+//! for a computing tenant's tick. The runtime has one thread more than there are turns
+//! ([`runtime_threads`]), so polls, reports and short guests find a thread even while every
+//! turn is held. Configured in `[activity.cpu]`.
 
 use crate::sandbox::capability::{Capability, NoFlags, TaskSetup};
 use anyhow::bail;
@@ -19,10 +26,15 @@ use serde::Deserialize;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// How long after its last task an activity still counts as a neighbour that a core is kept
+/// free for.
+pub const NEIGHBOUR_WINDOW: Duration = Duration::from_secs(1);
 
 /// The CPU share capability.
 pub struct Cpu;
@@ -31,20 +43,10 @@ pub struct Cpu;
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpuSettings {
-    /// Guests of this activity executing at once while one of them has run past 10 ms
-    /// (default: the machine's cores minus one, at least 1): a tenant's spinning guests leave
-    /// the other tenants and the worker's own calls a core.
+    /// A hard cap: guests of this activity executing at once while one of them has run past
+    /// 10 ms, whether or not other activities want the cores (default: none; the fair
+    /// share decides).
     pub max_cores: Option<u32>,
-}
-
-impl CpuSettings {
-    /// Guests of the activity that may execute at once under load, with its default.
-    pub fn max_cores(&self) -> u32 {
-        self.max_cores.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            u32::try_from(cores.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
-        })
-    }
 }
 
 impl Capability for Cpu {
@@ -63,7 +65,7 @@ impl Capability for Cpu {
     }
 
     fn grant(settings: &CpuSettings) -> CpuShare {
-        CpuShare::cores(settings.max_cores())
+        CpuScheduler::process().share(settings.max_cores)
     }
 
     fn task_state(share: &CpuShare, _: &TaskSetup<'_>) -> anyhow::Result<Arc<GuestCpu>> {
@@ -71,11 +73,63 @@ impl Capability for Cpu {
     }
 }
 
-/// The turns of one activity's guests (cheap to clone; shared by its tasks).
+/// This machine's cores (at least 1).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The worker threads the tokio runtime should have: one more than the turns, so that
+/// polls, reports and short guests find a thread while computing guests hold every turn.
+pub fn runtime_threads() -> usize {
+    cores() + 1
+}
+
+/// The turns of the worker's cores and who waits for them, across activities.
+#[derive(Debug)]
+pub struct CpuScheduler {
+    state: Mutex<SchedulerState>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct SchedulerState {
+    cores: usize,
+    free: usize,
+    /// Turns handed out so far: orders the activities by when each was last served.
+    served: u64,
+    activities: Vec<ActivityQueue>,
+}
+
+/// One activity's place in the scheduler.
+#[derive(Debug)]
+struct ActivityQueue {
+    id: u64,
+    turns: Weak<ActivityTurns>,
+    held: usize,
+    cap: usize,
+    last_served: u64,
+    /// Its guests alive now, and when the last one ended (or `None` before any).
+    guests: usize,
+    last_guest: Option<Instant>,
+    /// Guests that are not long-running, served first.
+    starting: VecDeque<oneshot::Sender<Turn>>,
+    /// Long-running guests.
+    running_on: VecDeque<oneshot::Sender<Turn>>,
+}
+
+/// The turns of one activity's guests (cheap to clone; shared by its tasks). `Default`:
+/// no bound at all (a guest run outside any worker, e.g. by a benchmark).
 #[derive(Debug, Clone, Default)]
 pub struct CpuShare {
-    /// `None`: no bound.
-    turns: Option<Arc<Turns>>,
+    turns: Option<Arc<ActivityTurns>>,
+}
+
+/// An activity's handle on the scheduler, and how many of its live guests are long-running.
+#[derive(Debug)]
+struct ActivityTurns {
+    scheduler: Arc<CpuScheduler>,
+    id: u64,
+    long_running: AtomicUsize,
 }
 
 /// One guest's place in its activity's share: the ticks it has seen while executing.
@@ -89,51 +143,129 @@ pub struct GuestCpu {
 /// The tick at which a guest has surely executed for a whole tick interval.
 const LONG_RUNNING_AT_TICK: u32 = 2;
 
-/// An activity's turns: how many are free, who waits for one, and how many of its guests,
-/// still alive, are long-running.
-#[derive(Debug)]
-struct Turns {
-    queue: Mutex<TurnQueue>,
-    long_running: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct TurnQueue {
-    free: usize,
-    /// Guests that are not long-running, served first.
-    starting: VecDeque<oneshot::Sender<Turn>>,
-    /// Long-running guests.
-    running_on: VecDeque<oneshot::Sender<Turn>>,
-}
-
-/// One turn, given back to the activity when dropped.
+/// One turn, given back to the scheduler when dropped.
 #[derive(Debug)]
 struct Turn {
-    turns: Option<Arc<Turns>>,
+    activity: Option<Arc<ActivityTurns>>,
 }
 
 type TurnFuture = Pin<Box<dyn Future<Output = Turn> + Send>>;
 
+impl CpuScheduler {
+    /// A scheduler of `cores` turns.
+    pub fn new(cores: usize) -> Arc<CpuScheduler> {
+        Arc::new(CpuScheduler {
+            state: Mutex::new(SchedulerState {
+                cores: cores.max(1),
+                free: cores.max(1),
+                served: 0,
+                activities: Vec::new(),
+            }),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The process's scheduler: one turn per core of this machine.
+    pub fn process() -> Arc<CpuScheduler> {
+        static PROCESS: OnceLock<Arc<CpuScheduler>> = OnceLock::new();
+        PROCESS.get_or_init(|| CpuScheduler::new(cores())).clone()
+    }
+
+    /// A new activity's share, at most `max_cores` turns at once if set.
+    pub fn share(self: &Arc<CpuScheduler>, max_cores: Option<u32>) -> CpuShare {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let turns = Arc::new(ActivityTurns {
+            scheduler: self.clone(),
+            id,
+            long_running: AtomicUsize::new(0),
+        });
+        self.state.lock().unwrap().activities.push(ActivityQueue {
+            id,
+            turns: Arc::downgrade(&turns),
+            held: 0,
+            cap: max_cores.map_or(usize::MAX, |cap| cap.max(1) as usize),
+            last_served: 0,
+            guests: 0,
+            last_guest: None,
+            starting: VecDeque::new(),
+            running_on: VecDeque::new(),
+        });
+        CpuShare { turns: Some(turns) }
+    }
+}
+
+impl SchedulerState {
+    fn queue(&mut self, id: u64) -> &mut ActivityQueue {
+        self.activities
+            .iter_mut()
+            .find(|queue| queue.id == id)
+            .expect("an activity stays in the scheduler while it has turns or waiters")
+    }
+
+    /// Whether the activity at `index` may take one more turn: under its cap, and under
+    /// cores − 1 while another activity is active (see the module's doc).
+    fn may_take(&self, index: usize, now: Instant) -> bool {
+        let queue = &self.activities[index];
+        let neighbour_active = self.activities.iter().any(|other| {
+            other.id != queue.id
+                && (other.guests > 0
+                    || other
+                        .last_guest
+                        .is_some_and(|ended| now.duration_since(ended) < NEIGHBOUR_WINDOW))
+        });
+        let limit = if neighbour_active {
+            queue.cap.min(self.cores - 1).max(1)
+        } else {
+            queue.cap
+        };
+        queue.held < limit
+    }
+
+    /// Takes a turn for the activity at `index`.
+    fn take(&mut self, index: usize) {
+        self.free -= 1;
+        self.served += 1;
+        let queue = &mut self.activities[index];
+        queue.held += 1;
+        queue.last_served = self.served;
+    }
+
+    /// The activity whose waiting guest gets the next free turn: one with a starting guest
+    /// first, then the one holding the fewest turns, then the one served longest ago.
+    fn next_served(&self) -> Option<usize> {
+        let now = Instant::now();
+        self.activities
+            .iter()
+            .enumerate()
+            .filter(|(index, queue)| {
+                !(queue.starting.is_empty() && queue.running_on.is_empty())
+                    && self.may_take(*index, now)
+            })
+            .min_by_key(|(_, queue)| (queue.starting.is_empty(), queue.held, queue.last_served))
+            .map(|(index, _)| index)
+    }
+}
+
 impl CpuShare {
-    /// At most `cores` guests of the activity executing at once, while one of them is
-    /// long-running.
+    /// A share of a scheduler of its own with `cores` turns: the activity alone.
     pub fn cores(cores: u32) -> CpuShare {
-        CpuShare {
-            turns: Some(Arc::new(Turns {
-                queue: Mutex::new(TurnQueue {
-                    free: cores.max(1) as usize,
-                    starting: VecDeque::new(),
-                    running_on: VecDeque::new(),
-                }),
-                long_running: AtomicUsize::new(0),
-            })),
-        }
+        CpuScheduler::new(cores as usize).share(None)
+    }
+}
+
+impl Drop for ActivityTurns {
+    fn drop(&mut self) {
+        let mut state = self.scheduler.state.lock().unwrap();
+        state.activities.retain(|queue| queue.id != self.id);
     }
 }
 
 impl GuestCpu {
     /// A new guest of the activity whose share is `share`.
     pub(crate) fn new(share: &CpuShare) -> GuestCpu {
+        if let Some(turns) = &share.turns {
+            turns.scheduler.state.lock().unwrap().queue(turns.id).guests += 1;
+        }
         GuestCpu {
             share: share.clone(),
             ticks: AtomicU32::new(0),
@@ -192,20 +324,31 @@ impl Drop for GuestCpu {
             if self.is_long_running() {
                 turns.long_running.fetch_sub(1, Ordering::SeqCst);
             }
+            let mut state = turns.scheduler.state.lock().unwrap();
+            let queue = state.queue(turns.id);
+            queue.guests -= 1;
+            queue.last_guest = Some(Instant::now());
         }
     }
 }
 
-/// Takes a free turn, or queues for one (with the starting guests if `starting`).
-fn wait_for_turn(turns: Arc<Turns>, starting: bool) -> TurnFuture {
+/// Takes a free turn for `activity`, or queues for one (with the starting guests if
+/// `starting`).
+fn wait_for_turn(activity: Arc<ActivityTurns>, starting: bool) -> TurnFuture {
     Box::pin(async move {
         let granted = {
-            let mut queue = turns.queue.lock().unwrap();
-            if queue.free > 0 {
-                queue.free -= 1;
+            let mut state = activity.scheduler.state.lock().unwrap();
+            let index = state
+                .activities
+                .iter()
+                .position(|queue| queue.id == activity.id)
+                .expect("an activity with a waiting guest is in the scheduler");
+            if state.free > 0 && state.may_take(index, Instant::now()) {
+                state.take(index);
                 None
             } else {
                 let (sender, granted) = oneshot::channel();
+                let queue = &mut state.activities[index];
                 if starting {
                     queue.starting.push_back(sender);
                 } else {
@@ -215,7 +358,9 @@ fn wait_for_turn(turns: Arc<Turns>, starting: bool) -> TurnFuture {
             }
         };
         match granted {
-            None => Turn { turns: Some(turns) },
+            None => Turn {
+                activity: Some(activity),
+            },
             Some(granted) => granted
                 .await
                 .expect("a waiting guest's sender is only dropped after sending"),
@@ -224,35 +369,42 @@ fn wait_for_turn(turns: Arc<Turns>, starting: bool) -> TurnFuture {
 }
 
 impl Drop for Turn {
-    /// Hands the turn to the first guest still waiting (starting guests first), or frees it.
+    /// Gives the turn back and hands it to the guest the scheduler serves next, or frees it.
     fn drop(&mut self) {
-        let Some(turns) = self.turns.take() else {
+        let Some(activity) = self.activity.take() else {
             return;
         };
-        loop {
-            let next = {
-                let mut queue = turns.queue.lock().unwrap();
-                match queue
-                    .starting
-                    .pop_front()
-                    .or_else(|| queue.running_on.pop_front())
-                {
-                    Some(next) => next,
-                    None => {
-                        queue.free += 1;
-                        return;
-                    }
+        // Dropped after the lock is released: the last handle on an activity locks it too.
+        let mut unlocked_drops: Vec<Arc<ActivityTurns>> = vec![activity.clone()];
+        let mut state = activity.scheduler.state.lock().unwrap();
+        state.queue(activity.id).held -= 1;
+        state.free += 1;
+        while let Some(index) = state.next_served() {
+            let queue = &mut state.activities[index];
+            let next = queue
+                .starting
+                .pop_front()
+                .or_else(|| queue.running_on.pop_front())
+                .expect("next_served picks an activity with a waiting guest");
+            let Some(turns) = queue.turns.upgrade() else {
+                continue; // the activity is going away: none of its guests waits any more
+            };
+            state.take(index);
+            match next.send(Turn {
+                activity: Some(turns),
+            }) {
+                Ok(()) => break,
+                // That guest stopped waiting (its task ended): take the turn back, try the next.
+                Err(mut unwanted) => {
+                    let queue = &mut state.activities[index];
+                    queue.held -= 1;
+                    state.free += 1;
+                    unlocked_drops.extend(unwanted.activity.take());
                 }
-            };
-            let handed = Turn {
-                turns: Some(turns.clone()),
-            };
-            match next.send(handed) {
-                Ok(()) => return,
-                // That guest stopped waiting (its task ended): disarm the turn, try the next.
-                Err(mut unwanted) => drop(unwanted.turns.take()),
             }
         }
+        drop(state);
+        drop(unlocked_drops);
     }
 }
 
@@ -261,11 +413,23 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// The activity's long-running guests and free turns.
+    fn activity(share: &CpuShare) -> Arc<ActivityTurns> {
+        share.turns.clone().unwrap()
+    }
+
+    /// The activity's long-running guests and the scheduler's free turns.
     fn counts(share: &CpuShare) -> (usize, usize) {
-        let turns = share.turns.as_ref().unwrap();
-        let free = turns.queue.lock().unwrap().free;
+        let turns = activity(share);
+        let free = turns.scheduler.state.lock().unwrap().free;
         (turns.long_running.load(Ordering::SeqCst), free)
+    }
+
+    /// Whether `waiting` gets its turn within 50 ms.
+    async fn granted(waiting: &mut tokio::task::JoinHandle<Turn>) -> Option<Turn> {
+        tokio::time::timeout(Duration::from_millis(50), waiting)
+            .await
+            .ok()
+            .map(Result::unwrap)
     }
 
     /// A stand-in for a guest: each `Pending` is a yield at a tick, noted as the epoch
@@ -314,39 +478,138 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_starting_guest_gets_the_next_turn_ahead_of_a_spinning_one() {
-        let turns = CpuShare::cores(1).turns.unwrap();
-        let held = wait_for_turn(turns.clone(), false).await;
-        let mut spinner = tokio::spawn(wait_for_turn(turns.clone(), false));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut newcomer = tokio::spawn(wait_for_turn(turns.clone(), true));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!newcomer.is_finished(), "the turn is held");
+    async fn an_activity_alone_gets_every_core_and_a_cap_bounds_it() {
+        let scheduler = CpuScheduler::new(2);
+        let alone = activity(&scheduler.share(None));
+        let both = [
+            wait_for_turn(alone.clone(), false).await,
+            wait_for_turn(alone.clone(), false).await,
+        ];
+        let mut third = tokio::spawn(wait_for_turn(alone.clone(), false));
+        assert!(granted(&mut third).await.is_none(), "two cores, two turns");
+        drop(both);
+        assert!(granted(&mut third).await.is_some());
+
+        let capped = activity(&scheduler.share(Some(1)));
+        let held = wait_for_turn(capped.clone(), false).await;
+        let mut second = tokio::spawn(wait_for_turn(capped.clone(), false));
+        assert!(
+            granted(&mut second).await.is_none(),
+            "max_cores = 1 with a core free"
+        );
         drop(held);
-        let newcomers_turn = (&mut newcomer).await.unwrap();
+        assert!(granted(&mut second).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn activities_that_compute_side_by_side_share_the_cores_equally() {
+        let scheduler = CpuScheduler::new(2);
+        let (a, b) = (
+            activity(&scheduler.share(None)),
+            activity(&scheduler.share(None)),
+        );
+        // A came first and holds both turns; A and B each have a guest waiting.
+        let mut a_held = vec![
+            wait_for_turn(a.clone(), false).await,
+            wait_for_turn(a.clone(), false).await,
+        ];
+        let mut a_waiting = tokio::spawn(wait_for_turn(a.clone(), false));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut b_waiting = tokio::spawn(wait_for_turn(b.clone(), false));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // A's guest yields at a tick: the turn goes to B, which holds none.
+        drop(a_held.pop());
+        let b_turn = granted(&mut b_waiting).await.expect("B is served first");
+        assert!(granted(&mut a_waiting).await.is_none());
+        // Each holds one now; when A yields again, its own waiting guest is served.
+        drop(a_held.pop());
+        let a_turn = granted(&mut a_waiting).await.expect("A keeps its half");
+        let held = |turns: &ActivityTurns| scheduler.state.lock().unwrap().queue(turns.id).held;
+        assert_eq!((held(&a), held(&b)), (1, 1));
+        drop((a_turn, b_turn));
+        assert_eq!(scheduler.state.lock().unwrap().free, 2);
+    }
+
+    #[tokio::test]
+    async fn a_core_stays_free_while_a_neighbour_has_tasks_and_for_a_while_after() {
+        let scheduler = CpuScheduler::new(2);
+        let (tenant, neighbour) = (scheduler.share(None), scheduler.share(None));
+        let computing = activity(&tenant);
+        let mut held = vec![
+            wait_for_turn(computing.clone(), false).await,
+            wait_for_turn(computing.clone(), false).await,
+        ];
+        let neighbours_task = GuestCpu::new(&neighbour);
+        drop(held.pop()); // a tick: the turn is given back...
+        let mut again = tokio::spawn(wait_for_turn(computing.clone(), false));
+        assert!(
+            granted(&mut again).await.is_none(),
+            "...and kept free for the neighbour"
+        );
+        drop(neighbours_task);
+        assert!(
+            granted(&mut again).await.is_none(),
+            "the neighbour was active less than a second ago"
+        );
+        tokio::time::sleep(NEIGHBOUR_WINDOW).await;
+        drop(held.pop()); // the next tick, once the neighbour has been gone a while
+        let both = [
+            granted(&mut again).await.expect("alone again: every core"),
+            wait_for_turn(computing.clone(), false).await,
+        ];
+        assert_eq!(counts(&tenant).1, 0);
+        drop(both);
+    }
+
+    #[tokio::test]
+    async fn a_starting_guest_gets_the_next_turn_ahead_of_a_spinning_one() {
+        let scheduler = CpuScheduler::new(1);
+        let (spinning, other) = (
+            activity(&scheduler.share(None)),
+            activity(&scheduler.share(None)),
+        );
+        let held = wait_for_turn(spinning.clone(), false).await;
+        let mut spinner = tokio::spawn(wait_for_turn(other.clone(), false));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!spinner.is_finished(), "the newcomer went first");
+        let mut newcomer = tokio::spawn(wait_for_turn(spinning.clone(), true));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        let newcomers_turn = granted(&mut newcomer)
+            .await
+            .expect("the newcomer goes first");
+        assert!(granted(&mut spinner).await.is_none());
         drop(newcomers_turn);
-        drop((&mut spinner).await.unwrap());
-        assert_eq!(turns.queue.lock().unwrap().free, 1);
+        drop(granted(&mut spinner).await.unwrap());
+        assert_eq!(scheduler.state.lock().unwrap().free, 1);
     }
 
     #[tokio::test]
     async fn a_turn_skips_a_guest_that_stopped_waiting() {
         let share = CpuShare::cores(1);
-        let turns = share.turns.clone().unwrap();
+        let turns = activity(&share);
         let held = wait_for_turn(turns.clone(), false).await;
         let abandoned = tokio::spawn(wait_for_turn(turns.clone(), false));
-        let waiting = tokio::spawn(wait_for_turn(turns.clone(), false));
+        let mut waiting = tokio::spawn(wait_for_turn(turns.clone(), false));
         tokio::time::sleep(Duration::from_millis(20)).await;
         abandoned.abort(); // its task ended while it waited
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(held);
-        let handed = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the turn went to the guest still waiting")
-            .unwrap();
-        drop(handed);
-        assert_eq!(turns.queue.lock().unwrap().free, 1);
+        drop(
+            granted(&mut waiting)
+                .await
+                .expect("the guest still waiting"),
+        );
+        assert_eq!(counts(&share).1, 1);
+    }
+
+    #[test]
+    fn an_activity_leaves_the_scheduler_with_its_last_share() {
+        let scheduler = CpuScheduler::new(2);
+        let share = scheduler.share(None);
+        let guest = GuestCpu::new(&share);
+        drop(share);
+        assert_eq!(scheduler.state.lock().unwrap().activities.len(), 1);
+        drop(guest);
+        assert!(scheduler.state.lock().unwrap().activities.is_empty());
     }
 }

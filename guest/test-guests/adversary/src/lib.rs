@@ -25,6 +25,17 @@ fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
                 counter = std::hint::black_box(counter.wrapping_add(1));
             }
         }
+        // A fixed amount of computation (`iterations` steps of a xorshift, default 10
+        // million), however long the CPU it gets makes it take; returns the last value.
+        "work" => {
+            let mut x = std::hint::black_box(0x9E37_79B9_7F4A_7C15u64);
+            for _ in 0..number("iterations", 10_000_000) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            Ok(json!({ "value": x }))
+        }
         // Busy-waits for `ms` milliseconds, sleeps `then_sleep_ms` (default 0), then echoes.
         "spin" => {
             let until = Instant::now() + Duration::from_millis(number("ms", 100));

@@ -52,6 +52,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         "python-fetch",
         "python-kit",
         "js-kit",
+        "http-probe",
     ];
     let guests = names.map(guest_path);
     let service = common::http_service::HttpService::start().await;
@@ -86,6 +87,11 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
             // Only the fetch guest may call the local service.
             if *path == guests[3] {
                 table["outbound"] = json!({"allowed_hosts": [service.origin()]});
+            }
+            // The probe calls S3 and SQS, signed by the worker (region and endpoint: the
+            // worker's, i.e. LocalStack).
+            if *path == guests[6] {
+                table["aws"] = json!({"services": ["s3", "sqs"]});
             }
             table
         })
@@ -202,6 +208,11 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         let cause = output["guest_error"]["Cause"].as_str().unwrap_or_default();
         assert!(cause.starts_with("bad sku"), "{output}");
     }
+    let bucket = format!(
+        "https://{}.s3.us-east-1.amazonaws.com",
+        unique("e2e-bucket")
+    );
+    aws_calls_through_the_probe(&client, &machines[6], &bucket, &context).await;
     // Each activity's open poll gets one late execution below, so that every poll returns.
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
@@ -215,6 +226,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         json!({"url": format!("{}/echo", service.origin())}),
         json!({"do": "echo"}),
         json!({"do": "echo"}),
+        json!({"url": format!("{bucket}/report.json")}),
     ];
     let mut late = Vec::new();
     for (machine, input) in machines.iter().zip(&late_inputs) {
@@ -246,4 +258,110 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     );
     let log = log();
     assert!(log.contains("worker stopped"), "{log}");
+}
+
+/// Runs the http-probe guest once through `machine` with `input`: what its request got.
+async fn probe(client: &aws_sdk_sfn::Client, machine: &str, input: Value) -> Value {
+    let started = client
+        .start_execution()
+        .state_machine_arn(machine)
+        .input(input.to_string())
+        .send()
+        .await
+        .unwrap();
+    let execution = wait_for_execution(client, &started.execution_arn).await;
+    assert_eq!(
+        execution.status,
+        ExecutionStatus::Succeeded,
+        "{execution:?}"
+    );
+    serde_json::from_str(execution.output.as_deref().unwrap()).unwrap()
+}
+
+/// A guest with `[activity.aws] services = ["s3", "sqs"]` and no credential of its own
+/// creates a bucket, writes and reads an object, creates a queue, sends to it and receives
+/// from it: every request signed by the worker, answered by LocalStack's S3 and SQS.
+async fn aws_calls_through_the_probe(
+    client: &aws_sdk_sfn::Client,
+    machine: &str,
+    bucket: &str,
+    context: &dyn Fn() -> String,
+) {
+    let ok = |answer: &Value, what: &str| {
+        assert_eq!(answer["status"], 200, "{what}: {answer}\n{}", context());
+    };
+    let created = probe(
+        client,
+        machine,
+        json!({"method": "PUT", "url": format!("{bucket}/")}),
+    )
+    .await;
+    ok(&created, "CreateBucket");
+    let report = r#"{"total": 42}"#;
+    let put = probe(
+        client,
+        machine,
+        json!({"method": "PUT", "url": format!("{bucket}/report.json"), "body": report}),
+    )
+    .await;
+    ok(&put, "PutObject");
+    let got = probe(
+        client,
+        machine,
+        json!({"url": format!("{bucket}/report.json")}),
+    )
+    .await;
+    ok(&got, "GetObject");
+    assert_eq!(got["body"], report);
+
+    let sqs = |target: &str, body: Value| {
+        json!({
+            "method": "POST",
+            "url": "https://sqs.us-east-1.amazonaws.com/",
+            "headers": {
+                "content-type": "application/x-amz-json-1.0",
+                "x-amz-target": format!("AmazonSQS.{target}"),
+            },
+            "body": body.to_string(),
+        })
+    };
+    let queue = probe(
+        client,
+        machine,
+        sqs("CreateQueue", json!({"QueueName": unique("e2e-queue")})),
+    )
+    .await;
+    ok(&queue, "CreateQueue");
+    let queue_url = serde_json::from_str::<Value>(queue["body"].as_str().unwrap()).unwrap()
+        ["QueueUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = probe(
+        client,
+        machine,
+        sqs(
+            "SendMessage",
+            json!({"QueueUrl": queue_url, "MessageBody": "order E2E-1 done"}),
+        ),
+    )
+    .await;
+    ok(&sent, "SendMessage");
+    let received = probe(
+        client,
+        machine,
+        sqs(
+            "ReceiveMessage",
+            json!({"QueueUrl": queue_url, "WaitTimeSeconds": 1}),
+        ),
+    )
+    .await;
+    ok(&received, "ReceiveMessage");
+    assert!(
+        received["body"]
+            .as_str()
+            .unwrap()
+            .contains("order E2E-1 done"),
+        "{received}"
+    );
 }

@@ -356,7 +356,7 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let limits = activity.limits();
     let runtime = one_task_runtime(global, limits.memory_limit)?;
     let guest = runtime.load(&activity.component)?;
-    let grants = activity.grants();
+    let grants = activity.grants(&Default::default());
     guest.check_start_up(&activity.arn, &limits, &grants)?;
     let heartbeat = Arc::new(CountingHeartbeat::default());
     let task = Task {

@@ -4,6 +4,7 @@
 
 pub mod http_service;
 pub mod localstack;
+pub mod sigv4_service;
 
 use sfn_fake::FakeSfn;
 use sfn_wasm_worker::config::Config;

@@ -8,6 +8,7 @@
 
 pub mod units;
 
+use crate::sandbox::capability::GrantContext;
 use crate::sandbox::engine::{CacheSetting, EngineSettings};
 use crate::sandbox::{CapabilitySettings, Grants, TaskLimits};
 use anyhow::{bail, Context as _, Result};
@@ -195,11 +196,16 @@ impl ActivityConfig {
         }
     }
 
-    /// The capabilities granted to the guest. Each call makes a new outbound grant (with its
-    /// own in-flight bound): call it once per activity and use the result for its start-up
-    /// check and its tasks alike.
-    pub fn grants(&self) -> Grants {
-        self.capabilities.grants()
+    /// The capabilities granted to the guest, served by a worker with `worker`'s settings.
+    /// Each call makes a new outbound grant (with its own in-flight bound): call it once per
+    /// activity and use the result for its start-up check and its tasks alike.
+    pub fn grants(&self, worker: &WorkerSection) -> Grants {
+        self.capabilities.grants(&GrantContext {
+            worker_region: worker.region.as_deref(),
+            worker_endpoint_url: worker.endpoint_url.as_deref(),
+            role_arn: self.role_arn.as_deref(),
+            external_id: self.external_id.as_deref(),
+        })
     }
 }
 
@@ -485,7 +491,7 @@ mod tests {
         assert_eq!(config.drain_timeout(), Duration::from_secs(10));
         assert_eq!(config.worker_name(), "w1");
         assert_eq!(config.total_concurrency(), 8);
-        let grants = activity.grants();
+        let grants = activity.grants(&config.worker);
         assert_eq!(grants.wasi.env, [("REGION".into(), "eu-west-1".into())]);
         assert_eq!(grants.host.lines, 10);
         assert_eq!(
@@ -600,6 +606,26 @@ mod tests {
                 "no outbound request in flight",
                 one("[activity.outbound]\nmax_in_flight = 0"),
                 vec!["[activity.outbound]", "key `max_in_flight` must be more than 0"],
+            ),
+            (
+                "an AWS service that is not an endpoint prefix",
+                one("[activity.aws]\nservices = [\"S3 \"]"),
+                vec!["[activity.aws]", "key `services`", "endpoint prefix"],
+            ),
+            (
+                "a region that is not one",
+                one("[activity.aws]\nservices = [\"s3\"]\nregion = \"europe\""),
+                vec!["[activity.aws]", "key `region`", "eu-west-1"],
+            ),
+            (
+                "an AWS endpoint with a path",
+                one("[activity.aws]\nservices = [\"s3\"]\nendpoint_url = \"http://127.0.0.1:4566/x\""),
+                vec!["[activity.aws]", "key `endpoint_url`", "scheme://host[:port]"],
+            ),
+            (
+                "an external id without its role",
+                one("[activity.aws]\nservices = [\"s3\"]\nexternal_id = \"x\""),
+                vec!["[activity.aws]", "key `external_id` needs `role_arn`"],
             ),
             (
                 "a pool smaller than the activities",

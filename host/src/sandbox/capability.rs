@@ -44,8 +44,8 @@ pub trait Capability {
         Ok(())
     }
 
-    /// The grant of an activity with these settings.
-    fn grant(settings: &Self::Settings) -> Self::Grant;
+    /// The grant of an activity with these settings, in `context` (its worker and role).
+    fn grant(settings: &Self::Settings, context: &GrantContext<'_>) -> Self::Grant;
 
     /// Its state in the store of one task of an activity granted `grant`.
     fn task_state(grant: &Self::Grant, task: &TaskSetup<'_>) -> Result<Self::TaskState>;
@@ -75,8 +75,25 @@ pub trait Capability {
     }
 }
 
+/// What a grant is made in besides its own settings: the worker's AWS defaults and the
+/// activity's role.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrantContext<'a> {
+    /// The worker's `[worker] region`, if set.
+    pub worker_region: Option<&'a str>,
+    /// The worker's `[worker] endpoint_url`, if set.
+    pub worker_endpoint_url: Option<&'a str>,
+    /// The activity's `role_arn`, if set.
+    pub role_arn: Option<&'a str>,
+    /// The activity's `external_id`, if set.
+    pub external_id: Option<&'a str>,
+}
+
 /// What a capability's per-task state is made from.
 pub struct TaskSetup<'a> {
+    /// Every grant of the activity (a capability may build on another's, as outbound HTTP
+    /// does on `[activity.aws]`).
+    pub grants: &'a Grants,
     /// The task.
     pub task: &'a Task,
     /// Where the guest's stdout goes.
@@ -230,9 +247,9 @@ macro_rules! capabilities {
             /// The grants of an activity with these settings. Each call makes new grants
             /// (an outbound grant holds the activity's in-flight bound): build them once
             /// per activity.
-            pub fn grants(&self) -> Grants {
+            pub fn grants(&self, context: &GrantContext<'_>) -> Grants {
                 Grants {
-                    $($name: <$capability as Capability>::grant(&self.$name),)*
+                    $($name: <$capability as Capability>::grant(&self.$name, context),)*
                 }
             }
         }
@@ -263,6 +280,8 @@ capabilities! {
     wasi: crate::sandbox::wasi::Wasi,
     /// `[activity.outbound]`: outbound HTTP to listed origins, within limits.
     outbound: crate::sandbox::outbound::Outbound,
+    /// `[activity.aws]`: AWS services the guest calls, its requests signed by the host.
+    aws: crate::sandbox::outbound::aws::Aws,
     /// `[activity.host]`: the `sfn:activity/host` interface (log, heartbeat).
     host: crate::sandbox::host_api::HostApi,
     /// `[activity.cpu]`: the activity's share of the CPU.

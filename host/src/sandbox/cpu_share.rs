@@ -20,7 +20,7 @@
 //! ([`runtime_threads`]), so polls, reports and short guests find a thread even while every
 //! turn is held. Configured in `[activity.cpu]`.
 
-use crate::sandbox::capability::{Capability, NoFlags, TaskSetup};
+use crate::sandbox::capability::{Capability, GrantContext, NoFlags, TaskSetup};
 use anyhow::bail;
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -64,7 +64,7 @@ impl Capability for Cpu {
         Ok(())
     }
 
-    fn grant(settings: &CpuSettings) -> CpuShare {
+    fn grant(settings: &CpuSettings, _: &GrantContext<'_>) -> CpuShare {
         CpuScheduler::process().share(settings.max_cores)
     }
 

@@ -5,7 +5,7 @@
 use crate::sandbox::bindings::sfn::activity::host::{Host, LogLevel};
 use crate::sandbox::bindings::sfn::activity::types;
 use crate::sandbox::bindings::Handler;
-use crate::sandbox::capability::{Capability, NoFlags, TaskSetup};
+use crate::sandbox::capability::{Capability, GrantContext, NoFlags, TaskSetup};
 use crate::sandbox::store::TaskState;
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
@@ -71,7 +71,7 @@ impl Capability for HostApi {
         Ok(())
     }
 
-    fn grant(settings: &HostApiSettings) -> LogLimits {
+    fn grant(settings: &HostApiSettings, _: &GrantContext<'_>) -> LogLimits {
         let defaults = LogLimits::default();
         LogLimits {
             lines: settings.max_log_lines.unwrap_or(defaults.lines),

@@ -188,6 +188,7 @@ fn task_store(
     deadline: Instant,
 ) -> anyhow::Result<Store<TaskState>> {
     let setup = TaskSetup {
+        grants,
         task,
         stdout,
         stderr,

@@ -3,7 +3,7 @@
 //! sockets are linked but every network operation is denied (outbound HTTP is its own
 //! capability, [`crate::sandbox::outbound`]).
 
-use crate::sandbox::capability::{Capability, TaskSetup};
+use crate::sandbox::capability::{Capability, GrantContext, TaskSetup};
 use crate::sandbox::output_capture::TailCapture;
 use crate::sandbox::store::TaskState;
 use anyhow::{bail, Context as _, Result};
@@ -123,7 +123,7 @@ impl Capability for Wasi {
         Ok(())
     }
 
-    fn grant(settings: &WasiSettings) -> WasiGrant {
+    fn grant(settings: &WasiSettings, _: &GrantContext<'_>) -> WasiGrant {
         WasiGrant {
             env: settings.env.clone().into_iter().collect(),
             read_only_dirs: settings.read_only_dirs.clone().into_iter().collect(),

@@ -99,7 +99,7 @@ pub(crate) async fn prepare(
                 continue;
             }
         }
-        let grants = activity.grants();
+        let grants = activity.grants(&config.worker);
         let loaded = match unchanged_component {
             Some(loaded) => loaded,
             None => {

@@ -82,7 +82,7 @@ impl Worker {
         let mut specs = Vec::new();
         let mut load_seconds = Vec::new();
         for activity in &config.activities {
-            let grants = activity.grants();
+            let grants = activity.grants(&config.worker);
             let (guest, stamp, seconds) = loading::load_stamped(runtime, activity, &grants)?;
             load_seconds.push(seconds);
             specs.push(ActivitySpec::new(
@@ -123,7 +123,7 @@ impl Worker {
             .iter()
             .zip(handlers)
             .map(|(activity, handler)| {
-                let grants = activity.grants();
+                let grants = activity.grants(&config.worker);
                 ActivitySpec::new(activity.clone(), client.clone(), handler, None, grants)
             })
             .collect();

@@ -4,9 +4,11 @@
 //! `outbound_requests_total{activity,status}`.
 
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::sandbox::capability::{Capability, TaskSetup};
+use crate::sandbox::capability::{Capability, GrantContext, TaskSetup};
 use crate::sandbox::outbound::policy::AllowedOrigin;
-use crate::sandbox::outbound::{GuardedView, OutboundGrant, OutboundHooks, OutboundLimits};
+use crate::sandbox::outbound::{
+    GuardedView, OutboundGrant, OutboundHooks, OutboundLimits, RequestResult,
+};
 use crate::sandbox::store::TaskState;
 use anyhow::{bail, Context as _, Result};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -86,12 +88,21 @@ pub struct OutboundFlags {
 /// response's status class), `error` (no response) or `denied`. A request is recorded when
 /// its response is dropped: read it after the task's store is.
 #[derive(Debug, Clone, Default)]
-pub struct OutboundUsage(pub(crate) Arc<Mutex<Vec<&'static str>>>);
+pub struct OutboundUsage(pub(crate) Arc<Mutex<Vec<RequestResult>>>);
 
 impl OutboundUsage {
     /// How each request ended.
     pub fn results(&self) -> Vec<&'static str> {
-        self.0.lock().unwrap().clone()
+        self.0.lock().unwrap().iter().map(|r| r.status).collect()
+    }
+
+    /// The AWS calls the host signed: (service, how it ended).
+    pub fn aws_calls(&self) -> Vec<(Arc<str>, &'static str)> {
+        let results = self.0.lock().unwrap();
+        results
+            .iter()
+            .filter_map(|r| Some((r.aws_service.clone()?, r.status)))
+            .collect()
     }
 
     /// Requests the guest sent (they went out, whatever came back).
@@ -114,11 +125,24 @@ pub struct OutboundLabels {
     pub status: String,
 }
 
+/// Labels of a guest's AWS call, signed by the host.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsCallLabels {
+    /// The activity's ARN.
+    pub activity: String,
+    /// The service (`s3`, `sqs`...: granted in `[activity.aws] services`, so bounded).
+    pub service: String,
+    /// How the call ended (see [`OutboundUsage`]).
+    pub status: String,
+}
+
 /// The outbound capability's metrics.
 #[derive(Default)]
 pub struct OutboundMetrics {
     /// Guests' outbound HTTP requests, by activity and how they ended.
     pub requests: Family<OutboundLabels, Counter>,
+    /// Their AWS calls (a subset of the requests), by activity, service and how they ended.
+    pub aws_calls: Family<AwsCallLabels, Counter>,
 }
 
 impl WasiHttpView for TaskState {
@@ -177,7 +201,7 @@ impl Capability for Outbound {
         Ok(())
     }
 
-    fn grant(settings: &OutboundSettings) -> Arc<OutboundGrant> {
+    fn grant(settings: &OutboundSettings, _: &GrantContext<'_>) -> Arc<OutboundGrant> {
         Arc::new(OutboundGrant::new(
             settings.allowed_hosts.clone().into(),
             settings.limits(),
@@ -189,6 +213,7 @@ impl Capability for Outbound {
             http: WasiHttpCtx::new(),
             hooks: OutboundHooks::new(
                 grant.clone(),
+                task.grants.aws.clone(),
                 task.task.activity_arn.clone(),
                 task.task.task_id.clone(),
                 task.deadline,
@@ -244,6 +269,11 @@ impl Capability for Outbound {
             "Guests' outbound HTTP requests by status class",
             metrics.requests.clone(),
         );
+        registry.register(
+            "aws_requests",
+            "Guests' AWS calls signed by the host, by service and status class",
+            metrics.aws_calls.clone(),
+        );
     }
 
     fn record(metrics: &OutboundMetrics, activity: &str, usage: &OutboundUsage) {
@@ -256,11 +286,22 @@ impl Capability for Outbound {
                 })
                 .inc();
         }
+        for (service, status) in usage.aws_calls() {
+            metrics
+                .aws_calls
+                .get_or_create(&AwsCallLabels {
+                    activity: activity.to_string(),
+                    service: service.to_string(),
+                    status: status.to_string(),
+                })
+                .inc();
+        }
     }
 
     fn provider(import: &str) -> Option<&'static str> {
         import.starts_with("wasi:http/").then_some(
-            "sfn-wasm-worker (outbound HTTP to the activity's [activity.outbound] allowed_hosts only)",
+            "sfn-wasm-worker (outbound HTTP to the activity's [activity.outbound] allowed_hosts \
+             only, and the AWS services of [activity.aws], signed by the host)",
         )
     }
 }

@@ -8,14 +8,16 @@
 //! - [`policy`]: the allowlist and the protected addresses;
 //! - [`client`]: resolving, vetting, connecting and sending one admitted request.
 
+pub mod aws;
 pub mod capability;
 pub mod client;
 pub mod policy;
 
 pub use capability::{Outbound, OutboundSettings, OutboundUsage};
 
+use crate::sandbox::outbound::aws::{AwsGrant, AwsRoute};
 use crate::sandbox::outbound::client::{Resolver, SendPlan, SendResult, SystemResolver};
-use crate::sandbox::outbound::policy::{Allowlist, Target};
+use crate::sandbox::outbound::policy::{Allowlist, Target, TargetHost};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,27 +112,32 @@ impl fmt::Debug for OutboundGrant {
 /// records how each ended.
 pub struct OutboundHooks {
     grant: Arc<OutboundGrant>,
+    /// What the activity's guests may call of AWS, signed by the host.
+    aws: Option<Arc<AwsGrant>>,
     /// How each request of the task ended, as its status class (`2xx`...), `error` or `denied`.
-    results: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    results: Arc<std::sync::Mutex<Vec<RequestResult>>>,
     activity_arn: Arc<str>,
     task_id: String,
     task_deadline: Instant,
     /// Requests admitted so far: the per-task limit counts them.
     admitted: u32,
-    /// The target `handle` just admitted, for the `send_request` that follows it.
-    admitted_target: Option<Target>,
+    /// The target `handle` just admitted, for the `send_request` that follows it, and its
+    /// AWS route if it is a call the host signs.
+    admitted_target: Option<(Target, Option<AwsRoute>)>,
 }
 
 impl OutboundHooks {
     /// The hooks of one task of the activity `activity_arn`, which must end by `task_deadline`.
     pub fn new(
         grant: Arc<OutboundGrant>,
+        aws: Option<Arc<AwsGrant>>,
         activity_arn: Arc<str>,
         task_id: String,
         task_deadline: std::time::Instant,
     ) -> OutboundHooks {
         OutboundHooks {
             grant,
+            aws,
             results: Arc::default(),
             activity_arn,
             task_id,
@@ -166,7 +173,14 @@ impl OutboundHooks {
                 ErrorCode::HttpRequestDenied,
             ));
         }
-        if !self.grant.allowlist.admits(&target) {
+        let route = match self.aws_route(&target) {
+            Some(Ok(route)) => Some(route),
+            Some(Err(why)) if !self.grant.allowlist.admits(&target) => {
+                return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
+            }
+            _ => None,
+        };
+        if route.is_none() && !self.grant.allowlist.admits(&target) {
             let why = format!(
                 "it is not in the activity's [activity.outbound] allowed_hosts; add \"{target}\" to allow it"
             );
@@ -180,12 +194,27 @@ impl OutboundHooks {
             return Err(self.deny(&target.to_string(), &why, ErrorCode::HttpRequestDenied));
         }
         self.admitted += 1;
-        self.admitted_target = Some(target);
+        self.admitted_target = Some((target, route));
         Ok(())
     }
 
+    /// The AWS route of a request to `target`: `None` when it is not an AWS endpoint name
+    /// or the activity grants no AWS service (an ordinary request then); `Err` says why the
+    /// activity does not let its guests call it.
+    fn aws_route(&self, target: &Target) -> Option<Result<AwsRoute, String>> {
+        let aws = self.aws.as_ref()?;
+        let TargetHost::Name(name) = &target.host else {
+            return None;
+        };
+        let endpoint = aws::endpoints::recognise(name)?;
+        Some(aws.route(endpoint, target))
+    }
+
     fn deny(&mut self, authority: &str, why: &str, error: ErrorCode) -> ErrorCode {
-        self.results.lock().unwrap().push("denied");
+        self.results.lock().unwrap().push(RequestResult {
+            status: "denied",
+            aws_service: None,
+        });
         tracing::warn!(
             activity = %self.activity_arn,
             task_id = %self.task_id,
@@ -201,13 +230,22 @@ impl OutboundHooks {
         &mut self,
         request: &http::Request<WasiBody>,
         options: Option<RequestOptions>,
-    ) -> Result<SendPlan, Error> {
-        let target = self
+    ) -> Result<(SendPlan, Option<AwsRoute>), Error> {
+        let (target, route) = self
             .admitted_target
             .take()
             .ok_or(Error::HttpRequestDenied)?;
         let limits = self.grant.limits;
-        Ok(SendPlan {
+        let (target, allowlist) = match &route {
+            Some(route) => (
+                route.send_to.clone(),
+                self.aws
+                    .as_ref()
+                    .map_or_else(Default::default, |aws| aws.endpoint_allowlist()),
+            ),
+            None => (target, self.grant.allowlist.clone()),
+        };
+        let plan = SendPlan {
             log: RequestLog {
                 activity_arn: self.activity_arn.clone(),
                 task_id: self.task_id.clone(),
@@ -217,16 +255,20 @@ impl OutboundHooks {
                 status: None,
                 bytes: 0,
                 error: None,
+                aws_service: route
+                    .as_ref()
+                    .map(|route| route.endpoint.service.as_str().into()),
                 results: self.results.clone(),
             },
             target,
-            allowlist: self.grant.allowlist.clone(),
+            allowlist,
             limits,
             options,
             resolver: self.grant.resolver.clone(),
             in_flight: self.grant.in_flight.clone(),
             deadline: (Instant::now() + limits.request_timeout).min(self.task_deadline),
-        })
+        };
+        Ok((plan, route))
     }
 }
 
@@ -238,7 +280,33 @@ impl WasiHttpHooks for OutboundHooks {
         _request_body_result: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         match self.plan(&request, options) {
-            Ok(plan) => Box::new(client::send(plan, request)),
+            Ok((plan, None)) => Box::new(client::send(plan, request)),
+            Ok((mut plan, Some(route))) => {
+                let aws = self
+                    .aws
+                    .clone()
+                    .expect("an AWS route comes from the AWS grant");
+                Box::new(async move {
+                    let deadline = plan.deadline;
+                    let signing = aws::signing::signed(
+                        &route,
+                        aws.credentials(),
+                        aws.max_request_bytes(),
+                        request,
+                    );
+                    let signed = match tokio::time::timeout_at(deadline, signing).await {
+                        Ok(signed) => signed,
+                        Err(_) => Err(Error::HttpResponseTimeout),
+                    };
+                    match signed {
+                        Ok(request) => client::send(plan, request).await,
+                        Err(error) => {
+                            plan.log.failed(&error);
+                            Err(error)
+                        }
+                    }
+                })
+            }
             Err(error) => Box::new(async move { Err(error) }),
         }
     }
@@ -294,7 +362,19 @@ pub struct RequestLog {
     /// Response body bytes received so far.
     pub bytes: u64,
     error: Option<String>,
-    results: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    /// The AWS service of a request the host signed.
+    aws_service: Option<Arc<str>>,
+    results: Arc<std::sync::Mutex<Vec<RequestResult>>>,
+}
+
+/// How one request of a task ended: `2xx`, `3xx`, `4xx`, `5xx` (the response's status
+/// class), `error` (no response) or `denied`, and the AWS service of a signed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestResult {
+    /// How it ended.
+    pub status: &'static str,
+    /// The AWS service it called, if the host signed it.
+    pub aws_service: Option<Arc<str>>,
 }
 
 impl RequestLog {
@@ -329,12 +409,16 @@ impl Drop for RequestLog {
             Some(_) => "5xx",
             None => "error",
         };
-        self.results.lock().unwrap().push(result);
+        self.results.lock().unwrap().push(RequestResult {
+            status: result,
+            aws_service: self.aws_service.clone(),
+        });
         tracing::debug!(
             activity = %self.activity_arn,
             task_id = %self.task_id,
             method = %self.method,
             authority = %self.target,
+            aws_service = self.aws_service.as_deref(),
             status = self.status,
             bytes = self.bytes,
             duration_ms = self.started.elapsed().as_secs_f64() * 1e3,

@@ -11,9 +11,11 @@ use common::sigv4_service::{self, Sigv4Service};
 use common::*;
 use serde_json::{json, Value};
 use sfn_wasm_worker::config::units::ByteSize;
-use sfn_wasm_worker::sandbox::capability::GrantContext;
+use sfn_wasm_worker::sandbox::capability::{Capability, GrantContext};
+use sfn_wasm_worker::sandbox::large_output::{LargeOutput, LargeOutputSettings};
 use sfn_wasm_worker::sandbox::outbound::aws::{AwsGrant, AwsSettings};
-use sfn_wasm_worker::sandbox::{Grants, TaskEnd, TaskStats};
+use sfn_wasm_worker::sandbox::{Grants, Outcome, TaskEnd, TaskStats};
+use sha2::Digest as _;
 use std::sync::Arc;
 
 /// Grants calling `services` in us-east-1, sent to `service` and signed with its known key.
@@ -198,4 +200,86 @@ async fn without_an_aws_grant_an_aws_name_is_an_ordinary_host_and_denied() {
     .await;
     assert_eq!(result["error"], "ErrorCode::HttpRequestDenied", "{result}");
     assert!(service.received().is_empty());
+}
+
+/// The grants of `grants` with large outputs going to `bucket`.
+fn with_large_output(mut grants: Grants, bucket: &str) -> Grants {
+    let settings = LargeOutputSettings {
+        bucket: Some(bucket.into()),
+        prefix: "outputs/".into(),
+    };
+    grants.large_output = <LargeOutput as Capability>::grant(&settings, &GrantContext::default());
+    grants
+}
+
+/// Runs the adversary guest returning `bytes` bytes of output under `grants`.
+async fn huge_output(bytes: usize, grants: &Grants) -> Outcome {
+    let input = json!({"behaviour": "huge-output", "bytes": bytes});
+    let (task, _) = task(&input.to_string());
+    match guest("adversary").run(task, &limits(), grants).await {
+        (TaskEnd::Report(outcome), _) => outcome,
+        (TaskEnd::Abandoned(why), _) => panic!("abandoned: {why}"),
+    }
+}
+
+#[tokio::test]
+async fn a_large_output_is_written_to_s3_and_the_task_succeeds_with_a_pointer() {
+    let service = Sigv4Service::start().await;
+    let grants = with_large_output(grants(&service, &["s3"], None), "task-outputs");
+    let pointer = expect_success(&huge_output(300_000, &grants).await);
+    let received = &service.received()[0];
+    assert_eq!(
+        sigv4_service::verify(received),
+        Ok(sigv4_service::ACCESS_KEY.into())
+    );
+    assert_eq!(received.method, "PUT");
+    let key = received.path.strip_prefix("/task-outputs/").unwrap();
+    assert!(
+        key.starts_with("outputs/") && key.ends_with(".json"),
+        "{key}"
+    );
+    assert_eq!(pointer["s3_uri"], format!("s3://task-outputs/{key}"));
+    assert_eq!(pointer["bytes"], received.body.len());
+    assert!(received.body.len() > 300_000);
+    let sha256 = format!("{:x}", sha2::Sha256::digest(&received.body));
+    assert_eq!(pointer["sha256"], sha256);
+    // A small output is returned as it is.
+    let small = expect_success(&huge_output(10, &grants).await);
+    assert_eq!(small["data"], "x".repeat(10));
+    assert_eq!(service.received().len(), 1);
+}
+
+#[tokio::test]
+async fn an_upload_that_keeps_failing_is_output_upload_failed() {
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let settings = AwsSettings {
+        services: vec!["s3".into()],
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(format!("http://127.0.0.1:{unreachable}")),
+        ..AwsSettings::default()
+    };
+    let credentials = Credentials::new("AKIDX", "secret", None, None, "test");
+    let grant = AwsGrant::new(
+        &settings,
+        &GrantContext::default(),
+        Some(SharedCredentialsProvider::new(credentials)),
+    );
+    let grants = with_large_output(
+        Grants {
+            aws: Some(Arc::new(grant)),
+            ..Grants::default()
+        },
+        "task-outputs",
+    );
+    let cause = expect_failure(
+        &huge_output(300_000, &grants).await,
+        "Worker.OutputUploadFailed",
+    );
+    assert!(
+        cause.contains("s3://task-outputs/outputs/") && cause.contains("300"),
+        "{cause}"
+    );
 }

@@ -73,6 +73,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     }
 
     let dir = tempfile::tempdir().unwrap();
+    let bucket_name = unique("e2e-bucket");
     let activity_tables: Vec<_> = activities
         .iter()
         .map(|(arn, path)| {
@@ -92,6 +93,11 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
             // worker's, i.e. LocalStack).
             if *path == guests[6] {
                 table["aws"] = json!({"services": ["s3", "sqs"]});
+            }
+            // The adversary's outputs over 256 KiB go to the bucket the probe creates.
+            if *path == guests[2] {
+                table["aws"] = json!({"services": ["s3"]});
+                table["large_output"] = json!({"bucket": bucket_name, "prefix": "outputs/"});
             }
             table
         })
@@ -208,11 +214,34 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         let cause = output["guest_error"]["Cause"].as_str().unwrap_or_default();
         assert!(cause.starts_with("bad sku"), "{output}");
     }
-    let bucket = format!(
-        "https://{}.s3.us-east-1.amazonaws.com",
-        unique("e2e-bucket")
-    );
+    let bucket = format!("https://{bucket_name}.s3.us-east-1.amazonaws.com");
     aws_calls_through_the_probe(&client, &machines[6], &bucket, &context).await;
+    // A large output arrives as a pointer to an object with its bytes.
+    let pointer = probe(
+        &client,
+        &machines[2],
+        json!({"behaviour": "huge-output", "bytes": 300_000}),
+    )
+    .await;
+    let uri = pointer["s3_uri"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{pointer}\n{}", context()));
+    let key = uri.strip_prefix(&format!("s3://{bucket_name}/")).unwrap();
+    // The object is larger than an execution's output: its length, and its first bytes.
+    let url = format!("{bucket}/{key}");
+    let head = probe(&client, &machines[6], json!({"method": "HEAD", "url": url})).await;
+    assert_eq!(
+        head["headers"]["content-length"],
+        pointer["bytes"].to_string(),
+        "{head}"
+    );
+    let start = probe(
+        &client,
+        &machines[6],
+        json!({"url": url, "headers": {"range": "bytes=0-9"}}),
+    )
+    .await;
+    assert_eq!(start["body"], r#"{"data":"x"#, "{start}");
     // Each activity's open poll gets one late execution below, so that every poll returns.
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.

@@ -623,6 +623,11 @@ mod tests {
                 vec!["[activity.aws]", "key `endpoint_url`", "scheme://host[:port]"],
             ),
             (
+                "a large output bucket without S3 for the guests",
+                one("[activity.large_output]\nbucket = \"outputs-bucket\""),
+                vec!["[activity.large_output]", "add \"s3\" to [activity.aws] services"],
+            ),
+            (
                 "an external id without its role",
                 one("[activity.aws]\nservices = [\"s3\"]\nexternal_id = \"x\""),
                 vec!["[activity.aws]", "key `external_id` needs `role_arn`"],

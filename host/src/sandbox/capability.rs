@@ -241,7 +241,7 @@ macro_rules! capabilities {
             pub fn validate(&self) -> Result<()> {
                 $(<$capability as Capability>::validate(&self.$name)
                     .with_context(|| format!("[activity.{}]", stringify!($name)))?;)*
-                Ok(())
+                self.validate_together()
             }
 
             /// The grants of an activity with these settings. Each call makes new grants
@@ -282,10 +282,25 @@ capabilities! {
     outbound: crate::sandbox::outbound::Outbound,
     /// `[activity.aws]`: AWS services the guest calls, its requests signed by the host.
     aws: crate::sandbox::outbound::aws::Aws,
+    /// `[activity.large_output]`: outputs over 256 KiB written to S3, a pointer returned.
+    large_output: crate::sandbox::large_output::LargeOutput,
     /// `[activity.host]`: the `sfn:activity/host` interface (log, heartbeat).
     host: crate::sandbox::host_api::HostApi,
     /// `[activity.cpu]`: the activity's share of the CPU.
     cpu: crate::sandbox::cpu_share::Cpu,
+}
+
+impl CapabilitySettings {
+    /// Checks what one table needs of another.
+    fn validate_together(&self) -> Result<()> {
+        if self.large_output.bucket.is_some() && !self.aws.services.iter().any(|s| s == "s3") {
+            anyhow::bail!(
+                "[activity.large_output] writes to S3 with the guests' AWS credentials: add \"s3\" \
+                 to [activity.aws] services"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Why `key` is not an activity key: moved to a table, or unknown.

@@ -25,6 +25,7 @@ pub mod component;
 pub mod cpu_share;
 pub mod engine;
 pub mod host_api;
+pub mod large_output;
 pub mod limits;
 pub mod outbound;
 pub mod outcome;

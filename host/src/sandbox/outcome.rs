@@ -4,7 +4,7 @@
 //! |---|---|
 //! | returns `ok(json)` | succeeded, output = json |
 //! | returns `ok(text)` that is not JSON | failed [`INVALID_OUTPUT`] |
-//! | returns `ok(json)` over [`MAX_OUTPUT_BYTES`] | failed [`OUTPUT_TOO_LARGE`] |
+//! | returns `ok(json)` over [`MAX_OUTPUT_BYTES`] | failed [`OUTPUT_TOO_LARGE`]; with `[activity.large_output]`, written to S3 and succeeded with a pointer (or failed [`OUTPUT_UPLOAD_FAILED`]) |
 //! | returns `err{error, cause}` | failed with that error and cause, truncated |
 //! | traps or panics | failed [`TRAP`] |
 //! | runs past its deadline | failed [`TIMEOUT`] |
@@ -26,6 +26,8 @@ use wasmtime::Trap;
 pub const INVALID_OUTPUT: &str = "Worker.InvalidOutput";
 /// The guest returned `ok` JSON larger than Step Functions accepts.
 pub const OUTPUT_TOO_LARGE: &str = "Worker.OutputTooLarge";
+/// The guest's large output could not be written to S3 (`[activity.large_output]`).
+pub const OUTPUT_UPLOAD_FAILED: &str = "Worker.OutputUploadFailed";
 /// The worker stopped the task because it is shutting down; safe to retry at once.
 pub const SHUTTING_DOWN: &str = "Worker.ShuttingDown";
 /// The component could not be instantiated for this task (e.g. the instance pool is full).
@@ -38,9 +40,10 @@ pub const TIMEOUT: &str = "Wasm.Timeout";
 pub const OUT_OF_MEMORY: &str = "Wasm.OutOfMemory";
 
 /// Every error name the worker itself reports (the table above); any other is the guest's.
-pub const WORKER_ERRORS: [&str; 7] = [
+pub const WORKER_ERRORS: [&str; 8] = [
     INVALID_OUTPUT,
     OUTPUT_TOO_LARGE,
+    OUTPUT_UPLOAD_FAILED,
     SHUTTING_DOWN,
     INSTANTIATION_FAILED,
     TRAP,
@@ -95,28 +98,34 @@ impl Outcome {
                 ),
             );
         }
+        match Outcome::invalid_json(&output) {
+            Some(invalid) => invalid,
+            None => Outcome::Succeeded { output },
+        }
+    }
+
+    /// The failure of `output` if it is not JSON Step Functions can hold, whatever its size.
+    pub fn invalid_json(output: &str) -> Option<Outcome> {
         // IgnoredAny scans without recursion (any depth the size allows) and, as RFC 8259's
         // grammar does, takes any \u escape, a lone surrogate among them.
-        if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
-            return Outcome::failed(
+        if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(output) {
+            return Some(Outcome::failed(
                 INVALID_OUTPUT,
                 format!(
                     "the guest returned output that is not JSON ({err}); it began: {}",
-                    json_quoted(&truncate_chars(output, 200))
+                    json_quoted(&truncate_chars(output.to_string(), 200))
                 ),
-            );
+            ));
         }
-        if let Some(number) = number_no_double_holds(&output) {
-            return Outcome::failed(
-                INVALID_OUTPUT,
-                format!(
-                    "the guest returned the number {} that no 64-bit float can hold; Step \
-                     Functions holds JSON numbers as doubles: return such a value as a string",
-                    truncate_chars(number.to_string(), 200)
-                ),
-            );
-        }
-        Outcome::Succeeded { output }
+        let number = number_no_double_holds(output)?;
+        Some(Outcome::failed(
+            INVALID_OUTPUT,
+            format!(
+                "the guest returned the number {} that no 64-bit float can hold; Step \
+                 Functions holds JSON numbers as doubles: return such a value as a string",
+                truncate_chars(number.to_string(), 200)
+            ),
+        ))
     }
 
     /// Whether this is a success.

@@ -6,8 +6,9 @@ use crate::sandbox::bindings::sfn::activity::types::TaskContext;
 use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::capability::{Grants, TaskSetup, TaskUsage};
 use crate::sandbox::host_api::{CountingHeartbeat, Heartbeat, Interrupt};
+use crate::sandbox::large_output;
 use crate::sandbox::limits::{TaskLimits, OUTPUT_TAIL_BYTES};
-use crate::sandbox::outcome::{Outcome, RunFacts, RunStop, TaskEnd};
+use crate::sandbox::outcome::{Outcome, RunFacts, RunStop, TaskEnd, MAX_OUTPUT_BYTES};
 use crate::sandbox::output_capture::TailCapture;
 use crate::sandbox::store::{new_store, TaskState};
 use std::future::Future;
@@ -130,7 +131,15 @@ pub(crate) async fn run_task(
     phases.drop = dropping.elapsed();
     stats.elapsed = started.elapsed();
     stats.phases = phases;
-    (TaskEnd::from_stop(stop, &facts), stats)
+    let end = match stop {
+        RunStop::Returned(Ok(output))
+            if output.len() > MAX_OUTPUT_BYTES && grants.large_output.is_some() =>
+        {
+            TaskEnd::Report(large_output::claim_check(output, &task, grants).await)
+        }
+        stop => TaskEnd::from_stop(stop, &facts),
+    };
+    (end, stats)
 }
 
 /// Instantiates `pre`'s component once in a fresh store under `limits` and `grants`, and

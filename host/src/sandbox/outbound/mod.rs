@@ -246,20 +246,14 @@ impl OutboundHooks {
             None => (target, self.grant.allowlist.clone()),
         };
         let plan = SendPlan {
-            log: RequestLog {
-                activity_arn: self.activity_arn.clone(),
-                task_id: self.task_id.clone(),
-                method: request.method().to_string(),
-                target: target.to_string(),
-                started: std::time::Instant::now(),
-                status: None,
-                bytes: 0,
-                error: None,
-                aws_service: route
-                    .as_ref()
-                    .map(|route| route.endpoint.service.as_str().into()),
-                results: self.results.clone(),
-            },
+            log: RequestLog::new(
+                self.activity_arn.clone(),
+                self.task_id.clone(),
+                request.method().as_str(),
+                &target,
+                route.as_ref().map(|route| route.endpoint.service.as_str()),
+                self.results.clone(),
+            ),
             target,
             allowlist,
             limits,
@@ -378,6 +372,30 @@ pub struct RequestResult {
 }
 
 impl RequestLog {
+    /// The log of a request of task `task_id` of `activity_arn` to `target` (a call to the
+    /// AWS service `aws_service` if the host signs it), recorded in `results` when it ends.
+    pub(crate) fn new(
+        activity_arn: Arc<str>,
+        task_id: String,
+        method: &str,
+        target: &Target,
+        aws_service: Option<&str>,
+        results: Arc<std::sync::Mutex<Vec<RequestResult>>>,
+    ) -> RequestLog {
+        RequestLog {
+            activity_arn,
+            task_id,
+            method: method.to_string(),
+            target: target.to_string(),
+            started: std::time::Instant::now(),
+            status: None,
+            bytes: 0,
+            error: None,
+            aws_service: aws_service.map(Into::into),
+            results,
+        }
+    }
+
     /// Records why the request failed.
     pub fn failed(&mut self, error: &Error) {
         self.error = Some(error.to_string());

@@ -4,7 +4,7 @@
 #   guest/build.sh                 # every guest
 #   guest/build.sh rust-order ...  # just these
 #
-# Guests: rust-order, rust-fetch, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch,
+# Guests: rust-order, rust-fetch, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch, python-aws,
 # python-kit (componentize-py), js-order, js-fetch, js-kit (esbuild + jco), c-order (clang +
 # wasi-libc + wit-bindgen c).
 # The toolchains are installed by .ci/install-tools (which says why each step is as it is).
@@ -15,7 +15,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary http-probe rust-fetch versioned-1 versioned-2 python-order python-fetch python-kit js-order js-fetch js-kit c-order)
+all=(rust-order adversary http-probe rust-fetch versioned-1 versioned-2 python-order python-fetch python-aws python-kit js-order js-fetch js-kit c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -110,6 +110,7 @@ for guest in "$@"; do
         versioned-1 | versioned-2) GUEST_VERSION=${guest#versioned-} build_rust versioned "$guest" ;;
         python-order) build_python python-order handler ;;
         python-fetch) build_python python-fetch handler-http ;;
+        python-aws) build_python python-aws handler-http ;;
         js-order) build_js js-order handler ;;
         js-fetch) build_js js-fetch handler-http ;;
         python-kit) build_python python-kit handler ;;

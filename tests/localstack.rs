@@ -53,6 +53,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         "python-kit",
         "js-kit",
         "http-probe",
+        "python-aws",
     ];
     let guests = names.map(guest_path);
     let service = common::http_service::HttpService::start().await;
@@ -91,7 +92,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
             }
             // The probe calls S3 and SQS, signed by the worker (region and endpoint: the
             // worker's, i.e. LocalStack).
-            if *path == guests[6] {
+            if *path == guests[6] || *path == guests[7] {
                 table["aws"] = json!({"services": ["s3", "sqs"]});
             }
             // The adversary's outputs over 256 KiB go to the bucket the probe creates.
@@ -242,6 +243,14 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     )
     .await;
     assert_eq!(start["body"], r#"{"data":"x"#, "{start}");
+    let python_input = python_guest_reads_s3_and_sends_to_sqs(
+        &client,
+        &machines[6],
+        &machines[7],
+        &bucket_name,
+        &context,
+    )
+    .await;
     // Each activity's open poll gets one late execution below, so that every poll returns.
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
@@ -256,6 +265,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         json!({"do": "echo"}),
         json!({"do": "echo"}),
         json!({"url": format!("{bucket}/report.json")}),
+        python_input,
     ];
     let mut late = Vec::new();
     for (machine, input) in machines.iter().zip(&late_inputs) {
@@ -343,21 +353,10 @@ async fn aws_calls_through_the_probe(
     ok(&got, "GetObject");
     assert_eq!(got["body"], report);
 
-    let sqs = |target: &str, body: Value| {
-        json!({
-            "method": "POST",
-            "url": "https://sqs.us-east-1.amazonaws.com/",
-            "headers": {
-                "content-type": "application/x-amz-json-1.0",
-                "x-amz-target": format!("AmazonSQS.{target}"),
-            },
-            "body": body.to_string(),
-        })
-    };
     let queue = probe(
         client,
         machine,
-        sqs("CreateQueue", json!({"QueueName": unique("e2e-queue")})),
+        sqs_call("CreateQueue", json!({"QueueName": unique("e2e-queue")})),
     )
     .await;
     ok(&queue, "CreateQueue");
@@ -369,7 +368,7 @@ async fn aws_calls_through_the_probe(
     let sent = probe(
         client,
         machine,
-        sqs(
+        sqs_call(
             "SendMessage",
             json!({"QueueUrl": queue_url, "MessageBody": "order E2E-1 done"}),
         ),
@@ -379,7 +378,7 @@ async fn aws_calls_through_the_probe(
     let received = probe(
         client,
         machine,
-        sqs(
+        sqs_call(
             "ReceiveMessage",
             json!({"QueueUrl": queue_url, "WaitTimeSeconds": 1}),
         ),
@@ -393,4 +392,73 @@ async fn aws_calls_through_the_probe(
             .contains("order E2E-1 done"),
         "{received}"
     );
+}
+
+/// The probe's input for the SQS JSON-protocol call `target` with `body`.
+fn sqs_call(target: &str, body: Value) -> Value {
+    json!({
+        "method": "POST",
+        "url": "https://sqs.us-east-1.amazonaws.com/",
+        "headers": {
+            "content-type": "application/x-amz-json-1.0",
+            "x-amz-target": format!("AmazonSQS.{target}"),
+        },
+        "body": body.to_string(),
+    })
+}
+
+/// The Python example (guest/examples/python-aws, the kit's `sfn_activity.aws`) reads
+/// orders from S3, writes their total back and announces it on SQS; returns its late input.
+async fn python_guest_reads_s3_and_sends_to_sqs(
+    client: &aws_sdk_sfn::Client,
+    probe_machine: &str,
+    python_machine: &str,
+    bucket_name: &str,
+    context: &dyn Fn() -> String,
+) -> Value {
+    let bucket = format!("https://{bucket_name}.s3.us-east-1.amazonaws.com");
+    let orders =
+        json!([{"order_id": "A", "total_cents": 600}, {"order_id": "B", "total_cents": 150}]);
+    let put = probe(
+        client,
+        probe_machine,
+        json!({"method": "PUT", "url": format!("{bucket}/orders/today.json"), "body": orders.to_string()}),
+    )
+    .await;
+    assert_eq!(put["status"], 200, "{put}");
+    let queue = probe(
+        client,
+        probe_machine,
+        sqs_call("CreateQueue", json!({"QueueName": unique("e2e-totals")})),
+    )
+    .await;
+    let body: Value = serde_json::from_str(queue["body"].as_str().unwrap()).unwrap();
+    let queue_url = body["QueueUrl"].as_str().unwrap().to_string();
+    let input = json!({"bucket": bucket_name, "key": "orders/today.json", "queue_url": queue_url});
+    let totals = probe(client, python_machine, input.clone()).await;
+    assert_eq!(totals["total_cents"], 750, "{totals}\n{}", context());
+    assert_eq!(totals["orders"], 2, "{totals}");
+    let written = probe(
+        client,
+        probe_machine,
+        json!({"url": format!("{bucket}/totals/orders/today.json")}),
+    )
+    .await;
+    let written: Value = serde_json::from_str(written["body"].as_str().unwrap()).unwrap();
+    assert_eq!(written, json!({"orders": 2, "total_cents": 750}));
+    let received = probe(
+        client,
+        probe_machine,
+        sqs_call(
+            "ReceiveMessage",
+            json!({"QueueUrl": queue_url, "WaitTimeSeconds": 1}),
+        ),
+    )
+    .await;
+    let message = received["body"].as_str().unwrap();
+    assert!(
+        message.contains("750") && message.contains("totals/orders/today.json"),
+        "{received}"
+    );
+    input
 }

@@ -130,8 +130,20 @@ impl Capability for Wasi {
         }
     }
 
+    /// The granted WASI context; with `[activity.aws]`, `AWS_REGION` is the region the
+    /// guest's AWS calls must name (as Lambda sets it), unless `env` sets it.
     fn task_state(grant: &WasiGrant, task: &TaskSetup<'_>) -> Result<WasiCtx> {
-        grant.context(task.stdout, task.stderr)
+        let region = task.grants.aws.as_ref().and_then(|aws| aws.region());
+        match region {
+            Some(region) if !grant.env.iter().any(|(key, _)| key == "AWS_REGION") => {
+                let mut with_region = grant.clone();
+                with_region
+                    .env
+                    .push(("AWS_REGION".to_string(), region.to_string()));
+                with_region.context(task.stdout, task.stderr)
+            }
+            _ => grant.context(task.stdout, task.stderr),
+        }
     }
 
     fn link(linker: &mut Linker<TaskState>) -> Result<()> {

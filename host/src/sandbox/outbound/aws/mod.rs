@@ -256,6 +256,11 @@ impl AwsGrant {
         self.endpoint_allowlist.clone()
     }
 
+    /// The region the guest's calls must name, if the activity has one.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref().ok()
+    }
+
     /// Bytes of a signed request's body.
     pub fn max_request_bytes(&self) -> u64 {
         self.max_request_bytes

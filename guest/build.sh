@@ -5,7 +5,7 @@
 #   guest/build.sh rust-order ...  # just these
 #
 # Guests: rust-order, rust-fetch, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch, python-aws,
-# python-kit (componentize-py), js-order, js-fetch, js-kit (esbuild + jco), c-order (clang +
+# python-kit (componentize-py), js-order, js-fetch, js-aws, js-kit (esbuild + jco), c-order (clang +
 # wasi-libc + wit-bindgen c).
 # The toolchains are installed by .ci/install-tools (which says why each step is as it is).
 set -euo pipefail
@@ -15,7 +15,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary http-probe rust-fetch versioned-1 versioned-2 python-order python-fetch python-aws python-kit js-order js-fetch js-kit c-order)
+all=(rust-order adversary http-probe rust-fetch versioned-1 versioned-2 python-order python-fetch python-aws python-kit js-order js-fetch js-aws js-kit c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -113,6 +113,7 @@ for guest in "$@"; do
         python-aws) build_python python-aws handler-http ;;
         js-order) build_js js-order handler ;;
         js-fetch) build_js js-fetch handler-http ;;
+        js-aws) build_js js-aws handler-http ;;
         python-kit) build_python python-kit handler ;;
         js-kit) build_js js-kit handler ;;
         c-order) build_c ;;

@@ -54,6 +54,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         "js-kit",
         "http-probe",
         "python-aws",
+        "js-aws",
     ];
     let guests = names.map(guest_path);
     let service = common::http_service::HttpService::start().await;
@@ -92,7 +93,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
             }
             // The probe calls S3 and SQS, signed by the worker (region and endpoint: the
             // worker's, i.e. LocalStack).
-            if *path == guests[6] || *path == guests[7] {
+            if *path == guests[6] || *path == guests[7] || *path == guests[8] {
                 table["aws"] = json!({"services": ["s3", "sqs"]});
             }
             // The adversary's outputs over 256 KiB go to the bucket the probe creates.
@@ -243,11 +244,21 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     )
     .await;
     assert_eq!(start["body"], r#"{"data":"x"#, "{start}");
-    let python_input = python_guest_reads_s3_and_sends_to_sqs(
+    let python_input = guest_reads_s3_and_sends_to_sqs(
         &client,
         &machines[6],
         &machines[7],
         &bucket_name,
+        "python",
+        &context,
+    )
+    .await;
+    let js_input = guest_reads_s3_and_sends_to_sqs(
+        &client,
+        &machines[6],
+        &machines[8],
+        &bucket_name,
+        "js",
         &context,
     )
     .await;
@@ -266,6 +277,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         json!({"do": "echo"}),
         json!({"url": format!("{bucket}/report.json")}),
         python_input,
+        js_input,
     ];
     let mut late = Vec::new();
     for (machine, input) in machines.iter().zip(&late_inputs) {
@@ -407,13 +419,15 @@ fn sqs_call(target: &str, body: Value) -> Value {
     })
 }
 
-/// The Python example (guest/examples/python-aws, the kit's `sfn_activity.aws`) reads
-/// orders from S3, writes their total back and announces it on SQS; returns its late input.
-async fn python_guest_reads_s3_and_sends_to_sqs(
+/// An AWS example (guest/examples/python-aws or js-aws, through its kit's `aws` helpers)
+/// reads orders from S3 (`orders/NAME.json`), writes their total back and announces it on
+/// SQS; returns the input, for its late execution.
+async fn guest_reads_s3_and_sends_to_sqs(
     client: &aws_sdk_sfn::Client,
     probe_machine: &str,
-    python_machine: &str,
+    guest_machine: &str,
     bucket_name: &str,
+    name: &str,
     context: &dyn Fn() -> String,
 ) -> Value {
     let bucket = format!("https://{bucket_name}.s3.us-east-1.amazonaws.com");
@@ -422,7 +436,7 @@ async fn python_guest_reads_s3_and_sends_to_sqs(
     let put = probe(
         client,
         probe_machine,
-        json!({"method": "PUT", "url": format!("{bucket}/orders/today.json"), "body": orders.to_string()}),
+        json!({"method": "PUT", "url": format!("{bucket}/orders/{name}.json"), "body": orders.to_string()}),
     )
     .await;
     assert_eq!(put["status"], 200, "{put}");
@@ -434,14 +448,15 @@ async fn python_guest_reads_s3_and_sends_to_sqs(
     .await;
     let body: Value = serde_json::from_str(queue["body"].as_str().unwrap()).unwrap();
     let queue_url = body["QueueUrl"].as_str().unwrap().to_string();
-    let input = json!({"bucket": bucket_name, "key": "orders/today.json", "queue_url": queue_url});
-    let totals = probe(client, python_machine, input.clone()).await;
+    let key = format!("orders/{name}.json");
+    let input = json!({"bucket": bucket_name, "key": key, "queue_url": queue_url});
+    let totals = probe(client, guest_machine, input.clone()).await;
     assert_eq!(totals["total_cents"], 750, "{totals}\n{}", context());
     assert_eq!(totals["orders"], 2, "{totals}");
     let written = probe(
         client,
         probe_machine,
-        json!({"url": format!("{bucket}/totals/orders/today.json")}),
+        json!({"url": format!("{bucket}/totals/{key}")}),
     )
     .await;
     let written: Value = serde_json::from_str(written["body"].as_str().unwrap()).unwrap();
@@ -457,7 +472,7 @@ async fn python_guest_reads_s3_and_sends_to_sqs(
     .await;
     let message = received["body"].as_str().unwrap();
     assert!(
-        message.contains("750") && message.contains("totals/orders/today.json"),
+        message.contains("750") && message.contains(&format!("totals/{key}")),
         "{received}"
     );
     input

@@ -21,6 +21,21 @@
 // - any other thrown Error → error = its class name (`TypeError`, your own class), cause =
 //   its message, then its stack; a thrown string → error `Error`, cause = the string;
 // - a task input that is not JSON → error `Task.InvalidInput`.
+//
+// In the `handler-http` world, `http` sends HTTP requests (to the origins the activity's
+// `[activity.outbound] allowed_hosts` lists) and `aws` calls AWS services (those its
+// `[activity.aws] services` lists; the worker signs each call: the guest holds no
+// credential):
+//
+//   const rates = await http.get("https://api.example.com/rates");   // .status .headers .body .text() .json()
+//   const data = await aws.s3Get("my-bucket", "input/today.json");   // Uint8Array
+//   await aws.s3Put("my-bucket", "output/today.json", JSON.stringify(result));
+//   await aws.call("sqs", "AmazonSQS.SendMessage", { QueueUrl: url, MessageBody: "done" });
+//
+// The region of the `aws` calls is the `region` option, else the running task's activity
+// ARN's (the worker's region, which is `[activity.aws] region` unless that sets another).
+// A request that gets no response throws `HttpError`; an AWS error answer throws `AwsError`
+// (`.status`, `.code`, `.message`).
 import { heartbeat as hostHeartbeat, log as hostLog } from "sfn:activity/host@0.1.0";
 
 /** Characters of stack kept in a cause (Step Functions keeps 32 768 in all). */
@@ -74,6 +89,7 @@ export function handler(fn) {
       throw taskError("Task.InvalidInput", `the task input is not JSON: ${err.message}`);
     }
     let result;
+    currentRegion = String(context.activityArn).split(":")[3] || undefined;
     try {
       result = fn(value, {
         activityArn: context.activityArn,
@@ -147,3 +163,116 @@ function describe(value) {
   if (typeof value === "object") return `an object of class ${value.constructor?.name ?? "Object"}`;
   return `a ${typeof value}`;
 }
+
+// --- HTTP and AWS (the `handler-http` world) -------------------------------------------
+
+/** The running task's region (from its activity ARN): the default of the `aws` calls. */
+let currentRegion;
+
+/** A request that got no response (denied, unreachable, timed out...). */
+export class HttpError extends Error {
+  constructor(message) {
+    super(message);
+    this.code = message;
+  }
+}
+
+/** An AWS service answered with an error. */
+export class AwsError extends Error {
+  constructor(status, code, message) {
+    super(`${code} (${status}): ${message}`);
+    this.status = status;
+    this.code = code;
+    this.message = message;
+  }
+}
+
+/** HTTP through `fetch` (wasi:http). Each call resolves to `{status, headers, body}` with
+ * `body` a Uint8Array, and `text()` and `json()`. */
+export const http = {
+  async request(method, url, { headers, body } = {}) {
+    let response;
+    let bytes;
+    try {
+      response = await fetch(url, { method, headers, body });
+      bytes = new Uint8Array(await response.arrayBuffer());
+    } catch (err) {
+      throw new HttpError(String(err?.message ?? err));
+    }
+    const answer = {
+      status: response.status,
+      headers: Object.fromEntries(response.headers.entries()),
+      body: bytes,
+      text: () => new TextDecoder().decode(bytes),
+      json: () => JSON.parse(new TextDecoder().decode(bytes)),
+    };
+    return answer;
+  },
+  get(url, options = {}) {
+    return this.request("GET", url, options);
+  },
+  post(url, body, options = {}) {
+    if (body !== null && typeof body === "object" && !(body instanceof Uint8Array)) {
+      const headers = { "content-type": "application/json", ...(options.headers ?? {}) };
+      return this.request("POST", url, { headers, body: JSON.stringify(body) });
+    }
+    return this.request("POST", url, { ...options, body });
+  },
+};
+
+/** The JSON protocol version of the JSON-protocol services (their API reference gives it). */
+const JSON_VERSIONS = {
+  sqs: "1.0", dynamodb: "1.0", states: "1.0", kinesis: "1.1", secretsmanager: "1.1",
+  ssm: "1.1", kms: "1.1", logs: "1.1", events: "1.1", lambda: "1.1",
+};
+
+function regionOf(options) {
+  const region = options.region ?? currentRegion;
+  if (!region) throw new AwsError(0, "NoRegion", "no region: pass { region }");
+  return region;
+}
+
+function s3Url(bucket, key, options) {
+  const path = String(key).split("/").map(encodeURIComponent).join("/");
+  return `https://${bucket}.s3.${regionOf(options)}.amazonaws.com/${path}`;
+}
+
+function s3Error(response) {
+  const text = response.text();
+  const tag = (name) => text.match(new RegExp(`<${name}>([^<]*)</${name}>`))?.[1];
+  return new AwsError(response.status, tag("Code") ?? `HTTP${response.status}`, tag("Message") ?? text.slice(0, 300));
+}
+
+/** AWS calls the worker signs. */
+export const aws = {
+  /** Calls a JSON-protocol service (`target` is the `X-Amz-Target`, e.g.
+   * `AmazonSQS.SendMessage`); resolves to the answer parsed. */
+  async call(service, target, payload = {}, options = {}) {
+    const version = options.jsonVersion ?? JSON_VERSIONS[service] ?? "1.0";
+    const response = await http.request("POST", `https://${service}.${regionOf(options)}.amazonaws.com/`, {
+      headers: { "content-type": `application/x-amz-json-${version}`, "x-amz-target": target },
+      body: JSON.stringify(payload),
+    });
+    if (response.status >= 300) {
+      let answer = {};
+      try {
+        answer = response.json();
+      } catch {}
+      const code = String(answer.__type ?? "").split("#").pop() || `HTTP${response.status}`;
+      throw new AwsError(response.status, code, answer.message ?? answer.Message ?? response.text().slice(0, 300));
+    }
+    return response.body.length ? response.json() : {};
+  },
+  /** The bytes of object `key` in `bucket`. */
+  async s3Get(bucket, key, options = {}) {
+    const response = await http.request("GET", s3Url(bucket, key, options));
+    if (response.status >= 300) throw s3Error(response);
+    return response.body;
+  },
+  /** Writes `body` (a string or Uint8Array) as object `key` in `bucket`. */
+  async s3Put(bucket, key, body, options = {}) {
+    const headers = { "content-type": options.contentType ?? "application/octet-stream" };
+    const response = await http.request("PUT", s3Url(bucket, key, options), { headers, body });
+    if (response.status >= 300) throw s3Error(response);
+  },
+};

@@ -387,15 +387,7 @@ async fn aws_calls_through_the_probe(
     )
     .await;
     ok(&sent, "SendMessage");
-    let received = probe(
-        client,
-        machine,
-        sqs_call(
-            "ReceiveMessage",
-            json!({"QueueUrl": queue_url, "WaitTimeSeconds": 1}),
-        ),
-    )
-    .await;
+    let received = receive(client, machine, &queue_url).await;
     ok(&received, "ReceiveMessage");
     assert!(
         received["body"]
@@ -461,19 +453,20 @@ async fn guest_reads_s3_and_sends_to_sqs(
     .await;
     let written: Value = serde_json::from_str(written["body"].as_str().unwrap()).unwrap();
     assert_eq!(written, json!({"orders": 2, "total_cents": 750}));
-    let received = probe(
-        client,
-        probe_machine,
-        sqs_call(
-            "ReceiveMessage",
-            json!({"QueueUrl": queue_url, "WaitTimeSeconds": 1}),
-        ),
-    )
-    .await;
+    let received = receive(client, probe_machine, &queue_url).await;
     let message = received["body"].as_str().unwrap();
     assert!(
         message.contains("750") && message.contains(&format!("totals/{key}")),
         "{received}"
     );
     input
+}
+
+/// What the probe (through `machine`) receives from the queue `queue_url`.
+async fn receive(client: &aws_sdk_sfn::Client, machine: &str, queue_url: &str) -> Value {
+    let input = sqs_call(
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url, "WaitTimeSeconds": 1}),
+    );
+    probe(client, machine, input).await
 }

@@ -6,7 +6,7 @@
 
 use crate::report::{percentiles, Table};
 use crate::timed::process_cpu_time;
-use crate::{guest_path, ORDER};
+use crate::{guest_path, wait_until_ended, ORDER};
 use anyhow::{bail, Result};
 use sfn_fake::{FakeSfn, TaskState};
 use sfn_wasm_worker::config::units::HumanDuration;
@@ -151,16 +151,7 @@ async fn serve(
 
 /// Waits until every task of `tokens` has ended, each successfully.
 async fn all_succeed(fake: &FakeSfn, tokens: &[String]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while tokens
-        .iter()
-        .any(|token| fake.task(token).ended_at.is_none())
-    {
-        if Instant::now() > deadline {
-            bail!("tasks still running after 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_ended(fake, tokens, Duration::from_secs(600)).await?;
     for token in tokens {
         if !matches!(fake.task(token).state, TaskState::Succeeded(_)) {
             bail!("a task ended {:?}", fake.task(token).state);

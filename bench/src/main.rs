@@ -38,7 +38,7 @@ use sfn_wasm_worker::sandbox::host_api::{Heartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskLimits};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The allocator the worker binary uses (host/src/main.rs), so that the in-process workers
 /// measured here run as the binary does.
@@ -95,6 +95,28 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Waits until every task of `tokens` in `fake` has ended (however), at most `within`.
+async fn wait_until_ended(
+    fake: &sfn_fake::FakeSfn,
+    tokens: &[String],
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while tokens
+        .iter()
+        .any(|token| fake.task(token).ended_at.is_none())
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "tasks still running {} s after the window",
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 fn guest_path(name: &str) -> Result<PathBuf> {

@@ -5,7 +5,7 @@
 
 use crate::memory::rss_bytes;
 use crate::report::{mib, percentiles, Table};
-use crate::{guest_path, ORDER};
+use crate::{guest_path, wait_until_ended, ORDER};
 use anyhow::{bail, Result};
 use sfn_fake::{FakeSfn, TaskState};
 use sfn_wasm_worker::config::units::{ByteSize, HumanDuration};
@@ -145,16 +145,7 @@ async fn measure(
         rss_peak = rss_peak.max(rss_bytes(None));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while a_tokens
-        .iter()
-        .any(|token| fake.task(token).ended_at.is_none())
-    {
-        if Instant::now() > deadline {
-            bail!("A's tasks did not all end within 120 s of the window");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_ended(&fake, &a_tokens, Duration::from_secs(120)).await?;
     shutdown.cancel();
     running.await??;
     let mut latencies = Vec::new();

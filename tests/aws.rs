@@ -14,6 +14,9 @@ use sfn_wasm_worker::config::units::ByteSize;
 use sfn_wasm_worker::sandbox::capability::{Capability, GrantContext};
 use sfn_wasm_worker::sandbox::large_output::{LargeOutput, LargeOutputSettings};
 use sfn_wasm_worker::sandbox::outbound::aws::{AwsGrant, AwsSettings};
+use sfn_wasm_worker::sandbox::outbound::client::{ResolveFuture, Resolver};
+use sfn_wasm_worker::sandbox::outbound::policy::Allowlist;
+use sfn_wasm_worker::sandbox::outbound::{OutboundGrant, OutboundLimits};
 use sfn_wasm_worker::sandbox::{Grants, Outcome, TaskEnd, TaskStats};
 use sha2::Digest as _;
 use std::sync::Arc;
@@ -282,4 +285,70 @@ async fn an_upload_that_keeps_failing_is_output_upload_failed() {
         cause.contains("s3://task-outputs/outputs/") && cause.contains("300"),
         "{cause}"
     );
+}
+
+/// Answers every name with one address.
+struct OneAddress(std::net::SocketAddr);
+
+impl Resolver for OneAddress {
+    fn resolve(&self, _host: &str, _port: u16) -> ResolveFuture {
+        let address = self.0;
+        Box::pin(async move { Ok(vec![address]) })
+    }
+}
+
+#[tokio::test]
+async fn an_aws_name_that_resolves_to_the_metadata_address_is_refused_unsigned() {
+    // No endpoint override: the call goes to the name itself, which "resolves" to IMDS.
+    let settings = AwsSettings {
+        services: vec!["sqs".into()],
+        region: Some("us-east-1".into()),
+        endpoint_url: None,
+        ..AwsSettings::default()
+    };
+    let context = GrantContext::default();
+    if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+        return; // the override would apply: this case needs AWS's own names
+    }
+    let credentials = Credentials::new("AKIDX", "secret", None, None, "test");
+    let aws = AwsGrant::new(
+        &settings,
+        &context,
+        Some(SharedCredentialsProvider::new(credentials)),
+    );
+    let imds = "169.254.169.254:443".parse().unwrap();
+    let outbound = OutboundGrant::new(Allowlist::default(), OutboundLimits::default())
+        .with_resolver(Arc::new(OneAddress(imds)));
+    let grants = Grants {
+        aws: Some(Arc::new(aws)),
+        outbound: Arc::new(outbound),
+        ..Grants::default()
+    };
+    let (result, _) = probe(
+        json!({"method": "POST", "url": "https://sqs.us-east-1.amazonaws.com/", "body": "{}"}),
+        &grants,
+    )
+    .await;
+    assert_eq!(
+        result["error"], "ErrorCode::DestinationIpProhibited",
+        "{result}"
+    );
+}
+
+#[tokio::test]
+async fn an_aws_guest_finds_no_credential_in_its_environment_or_files() {
+    let service = Sigv4Service::start().await;
+    let grants = grants(&service, &["s3"], None);
+    let (task, _) = task(&json!({"behaviour": "escape", "path": "/proc/self/environ"}).to_string());
+    let outcome = match guest("adversary").run(task, &limits(), &grants).await {
+        (TaskEnd::Report(outcome), _) => outcome,
+        (TaskEnd::Abandoned(why), _) => panic!("abandoned: {why}"),
+    };
+    let seen = expect_success(&outcome);
+    assert_eq!(seen["env"], json!([["AWS_REGION", "us-east-1"]]), "{seen}");
+    assert!(seen["file"]["Err"].is_string(), "no file system: {seen}");
+    let text = seen.to_string();
+    for secret in [sigv4_service::ACCESS_KEY, sigv4_service::SECRET_KEY] {
+        assert!(!text.contains(secret), "{text}");
+    }
 }

@@ -16,8 +16,7 @@ fuzz_target!(|text: &str| {
             let _ = (
                 activity.limits(),
                 activity.capabilities.outbound.limits(),
-                activity.capabilities.cpu.max_cores(),
-                activity.grants(),
+                activity.grants(&config.worker),
             );
         }
     }

@@ -16,7 +16,11 @@ const EXTRA_DEPTH: usize = 200;
 fuzz_target!(|input: (String, String, String)| {
     let (output, error, cause) = input;
     let accepted = Outcome::from_guest_output(output.clone()).is_success();
-    let deeper = format!("{}{output}{}", "[".repeat(EXTRA_DEPTH), "]".repeat(EXTRA_DEPTH));
+    let deeper = format!(
+        "{}{output}{}",
+        "[".repeat(EXTRA_DEPTH),
+        "]".repeat(EXTRA_DEPTH)
+    );
     let with_surrogate = format!(r#"[{output},"\ud800","\udc00"]"#);
     for variant in [deeper, with_surrogate] {
         if variant.len() <= MAX_OUTPUT_BYTES {
@@ -34,9 +38,14 @@ fuzz_target!(|input: (String, String, String)| {
                 // serde_json's Value refuses only what Step Functions accepts.
                 let err = err.to_string();
                 assert!(
-                    ["recursion limit", "surrogate", "hex escape", "unicode code point"]
-                        .iter()
-                        .any(|known| err.contains(known)),
+                    [
+                        "recursion limit",
+                        "surrogate",
+                        "hex escape",
+                        "unicode code point"
+                    ]
+                    .iter()
+                    .any(|known| err.contains(known)),
                     "accepted as JSON: {kept:?} ({err})"
                 );
             }

@@ -4,7 +4,7 @@
 #   guest/build.sh                 # every guest
 #   guest/build.sh rust-order ...  # just these
 #
-# Guests: rust-order, rust-fetch, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch, python-aws,
+# Guests: rust-order, rust-fetch, rust-aws, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch, python-aws,
 # python-kit (componentize-py), js-order, js-fetch, js-aws, js-kit (esbuild + jco), c-order (clang +
 # wasi-libc + wit-bindgen c).
 # The toolchains are installed by .ci/install-tools (which says why each step is as it is).
@@ -15,7 +15,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary http-probe rust-fetch versioned-1 versioned-2 python-order python-fetch python-aws python-kit js-order js-fetch js-aws js-kit c-order)
+all=(rust-order adversary http-probe rust-fetch rust-aws versioned-1 versioned-2 python-order python-fetch python-aws python-kit js-order js-fetch js-aws js-kit c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -105,7 +105,7 @@ build_c() {
 for guest in "$@"; do
     note "building $guest"
     case "$guest" in
-        rust-order | adversary | http-probe | rust-fetch) build_rust "$guest" ;;
+        rust-order | adversary | http-probe | rust-fetch | rust-aws) build_rust "$guest" ;;
         # One crate, two builds that say which they are (hot-reload tests).
         versioned-1 | versioned-2) GUEST_VERSION=${guest#versioned-} build_rust versioned "$guest" ;;
         python-order) build_python python-order handler ;;

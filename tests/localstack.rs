@@ -55,6 +55,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         "http-probe",
         "python-aws",
         "js-aws",
+        "rust-aws",
     ];
     let guests = names.map(guest_path);
     let service = common::http_service::HttpService::start().await;
@@ -93,7 +94,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
             }
             // The probe calls S3 and SQS, signed by the worker (region and endpoint: the
             // worker's, i.e. LocalStack).
-            if *path == guests[6] || *path == guests[7] || *path == guests[8] {
+            if guests[6..=9].contains(path) {
                 table["aws"] = json!({"services": ["s3", "sqs"]});
             }
             // The adversary's outputs over 256 KiB go to the bucket the probe creates.
@@ -262,6 +263,15 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         &context,
     )
     .await;
+    let rust_input = guest_reads_s3_and_sends_to_sqs(
+        &client,
+        &machines[6],
+        &machines[9],
+        &bucket_name,
+        "rust",
+        &context,
+    )
+    .await;
     // Each activity's open poll gets one late execution below, so that every poll returns.
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
@@ -278,6 +288,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         json!({"url": format!("{bucket}/report.json")}),
         python_input,
         js_input,
+        rust_input,
     ];
     let mut late = Vec::new();
     for (machine, input) in machines.iter().zip(&late_inputs) {
@@ -411,7 +422,8 @@ fn sqs_call(target: &str, body: Value) -> Value {
     })
 }
 
-/// An AWS example (guest/examples/python-aws or js-aws, through its kit's `aws` helpers)
+/// An AWS example (guest/examples/python-aws, js-aws or rust-aws, through its kit's or
+/// the Rust `sfn-activity-aws` crate's helpers)
 /// reads orders from S3 (`orders/NAME.json`), writes their total back and announces it on
 /// SQS; returns the input, for its late execution.
 async fn guest_reads_s3_and_sends_to_sqs(

@@ -352,3 +352,29 @@ async fn an_aws_guest_finds_no_credential_in_its_environment_or_files() {
         assert!(!text.contains(secret), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_host_that_is_not_an_aws_endpoint_is_never_signed() {
+    let service = Sigv4Service::start().await;
+    let mut grants = grants(&service, &["sqs"], None);
+    // The same service, reached by its own origin (allowed as an ordinary host), and the
+    // guest asking for signing headers it hopes the host fills in.
+    grants.outbound = Arc::new(OutboundGrant::new(
+        Allowlist::parse(&[service.origin()]).unwrap(),
+        OutboundLimits::default(),
+    ));
+    let (result, stats) = probe(
+        json!({
+            "method": "POST",
+            "url": format!("{}/", service.origin()),
+            "headers": {"x-amz-target": "AmazonSQS.SendMessage"},
+            "body": "{}",
+        }),
+        &grants,
+    )
+    .await;
+    let verdict = verdict(&result);
+    assert_eq!(verdict["verified"], false, "{verdict}");
+    assert_eq!(verdict["why"], "no Authorization header");
+    assert!(stats.usage.outbound.aws_calls().is_empty());
+}

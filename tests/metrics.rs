@@ -355,6 +355,11 @@ async fn no_task_token_is_in_any_log_line_or_metric_even_at_trace_level() {
             "no task id in the log"
         );
     }
+    // Nor a secret key (the SDK's own debug lines name the access key id, redact the rest).
+    assert!(
+        !log.contains("AWS_SECRET") && log.contains("secret_access_key: \"** redacted **\""),
+        "{log}"
+    );
 }
 
 /// The `[worker]` table of a worker against `fake` serving metrics on `addr`.

@@ -245,33 +245,23 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
     )
     .await;
     assert_eq!(start["body"], r#"{"data":"x"#, "{start}");
-    let python_input = guest_reads_s3_and_sends_to_sqs(
-        &client,
-        &machines[6],
-        &machines[7],
-        &bucket_name,
-        "python",
-        &context,
-    )
-    .await;
-    let js_input = guest_reads_s3_and_sends_to_sqs(
-        &client,
-        &machines[6],
-        &machines[8],
-        &bucket_name,
-        "js",
-        &context,
-    )
-    .await;
-    let rust_input = guest_reads_s3_and_sends_to_sqs(
-        &client,
-        &machines[6],
-        &machines[9],
-        &bucket_name,
-        "rust",
-        &context,
-    )
-    .await;
+    let mut aws_inputs = Vec::new();
+    for (machine, name) in [
+        (&machines[7], "python"),
+        (&machines[8], "js"),
+        (&machines[9], "rust"),
+    ] {
+        let input = guest_reads_s3_and_sends_to_sqs(
+            &client,
+            &machines[6],
+            machine,
+            &bucket_name,
+            name,
+            &context,
+        )
+        .await;
+        aws_inputs.push(input);
+    }
     // Each activity's open poll gets one late execution below, so that every poll returns.
 
     // SIGTERM: no new polls, but each open poll still runs what it brings, then exit 0.
@@ -286,10 +276,10 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
         json!({"do": "echo"}),
         json!({"do": "echo"}),
         json!({"url": format!("{bucket}/report.json")}),
-        python_input,
-        js_input,
-        rust_input,
-    ];
+    ]
+    .into_iter()
+    .chain(aws_inputs)
+    .collect::<Vec<_>>();
     let mut late = Vec::new();
     for (machine, input) in machines.iter().zip(&late_inputs) {
         let started = client

@@ -6,17 +6,14 @@
 
 use crate::report::{percentiles, Table};
 use crate::timed::process_cpu_time;
-use crate::{guest_path, wait_until_ended, ORDER};
+use crate::{guest_path, serve_in_process, wait_until_ended, ORDER};
 use anyhow::{bail, Result};
 use sfn_fake::{FakeSfn, TaskState};
 use sfn_wasm_worker::config::units::HumanDuration;
-use sfn_wasm_worker::config::{ActivityConfig, Config, WorkerSection};
+use sfn_wasm_worker::config::ActivityConfig;
 use sfn_wasm_worker::sandbox::cpu_share::cores;
 use sfn_wasm_worker::sandbox::Runtime;
-use sfn_wasm_worker::worker::sfn::SfnClient;
-use sfn_wasm_worker::worker::Worker;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// One compute task: a fixed amount of work (about 200 ms of one core here).
 const WORK: &str = r#"{"behaviour":"work","iterations":100000000}"#;
@@ -125,30 +122,6 @@ fn compute_activity(arn: &str, max_cores: Option<u32>) -> Result<ActivityConfig>
     Ok(activity)
 }
 
-/// A worker serving `activities` against `fake`, and the token that stops it.
-async fn serve(
-    runtime: &Runtime,
-    fake: &FakeSfn,
-    activities: Vec<ActivityConfig>,
-) -> Result<(CancellationToken, tokio::task::JoinHandle<Result<()>>)> {
-    let config = Config {
-        worker: WorkerSection {
-            name: Some("cpu-share".into()),
-            ..Default::default()
-        },
-        activities,
-    };
-    let worker = Worker::new(
-        runtime,
-        &config.validate()?,
-        SfnClient::new(&fake.sdk_config().await),
-    )?;
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
-    let handle = tokio::spawn(async move { running.await?.map(drop) });
-    Ok((shutdown, handle))
-}
-
 /// Waits until every task of `tokens` has ended, each successfully.
 async fn all_succeed(fake: &FakeSfn, tokens: &[String]) -> Result<()> {
     wait_until_ended(fake, tokens, Duration::from_secs(600)).await?;
@@ -170,8 +143,13 @@ async fn lone_run(
     let fake = FakeSfn::start().await;
     fake.set_poll_hold(Duration::from_millis(50));
     let arn = fake.create_activity("compute");
-    let (shutdown, running) =
-        serve(runtime, &fake, vec![compute_activity(&arn, max_cores)?]).await?;
+    let (shutdown, running) = serve_in_process(
+        runtime,
+        &fake,
+        "cpu-share",
+        vec![compute_activity(&arn, max_cores)?],
+    )
+    .await?;
     // The component loaded and its polls open before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (cpu, started) = (process_cpu_time(), Instant::now());
@@ -206,7 +184,7 @@ async fn side_by_side(runtime: &Runtime, window: Duration) -> Result<(usize, usi
         compute_activity(&first, None)?,
         compute_activity(&second, None)?,
     ];
-    let (shutdown, running) = serve(runtime, &fake, activities).await?;
+    let (shutdown, running) = serve_in_process(runtime, &fake, "cpu-share", activities).await?;
     let (mut first_tokens, mut second_tokens) = (Vec::new(), Vec::new());
     let started = Instant::now();
     let window_end = started + window;
@@ -251,7 +229,7 @@ async fn small_activity_latency(
     order.max_concurrency = 4;
     order.pollers = 2;
     let activities = vec![order, compute_activity(&compute, None)?];
-    let (shutdown, running) = serve(runtime, &fake, activities).await?;
+    let (shutdown, running) = serve_in_process(runtime, &fake, "cpu-share", activities).await?;
     let (mut small_tokens, mut compute_tokens) = (Vec::new(), Vec::new());
     let started = Instant::now();
     while started.elapsed() < window {

@@ -33,12 +33,18 @@ mod timed;
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use sfn_fake::FakeSfn;
+use sfn_wasm_worker::config::{ActivityConfig, Config, WorkerSection};
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
 use sfn_wasm_worker::sandbox::host_api::{Heartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskLimits};
+use sfn_wasm_worker::worker::sfn::SfnClient;
+use sfn_wasm_worker::worker::{StatsSnapshot, Worker};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The allocator the worker binary uses (host/src/main.rs), so that the in-process workers
 /// measured here run as the binary does.
@@ -97,12 +103,30 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A worker named `name` serving `activities` against `fake` in this process: the token
+/// that stops it, and its run.
+async fn serve_in_process(
+    runtime: &Runtime,
+    fake: &FakeSfn,
+    name: &str,
+    activities: Vec<ActivityConfig>,
+) -> Result<(CancellationToken, JoinHandle<Result<StatsSnapshot>>)> {
+    let config = Config {
+        worker: WorkerSection {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        activities,
+    };
+    let client = SfnClient::new(&fake.sdk_config().await);
+    let worker = Worker::new(runtime, &config.validate()?, client)?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    Ok((shutdown, running))
+}
+
 /// Waits until every task of `tokens` in `fake` has ended (however), at most `within`.
-async fn wait_until_ended(
-    fake: &sfn_fake::FakeSfn,
-    tokens: &[String],
-    within: Duration,
-) -> Result<()> {
+async fn wait_until_ended(fake: &FakeSfn, tokens: &[String], within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     while tokens
         .iter()

@@ -5,17 +5,14 @@
 
 use crate::memory::rss_bytes;
 use crate::report::{mib, percentiles, Table};
-use crate::{guest_path, wait_until_ended, ORDER};
+use crate::{guest_path, serve_in_process, wait_until_ended, ORDER};
 use anyhow::{bail, Result};
 use sfn_fake::{FakeSfn, TaskState};
 use sfn_wasm_worker::config::units::{ByteSize, HumanDuration};
-use sfn_wasm_worker::config::{ActivityConfig, Config, WorkerSection};
+use sfn_wasm_worker::config::ActivityConfig;
 use sfn_wasm_worker::sandbox::Runtime;
-use sfn_wasm_worker::worker::sfn::SfnClient;
-use sfn_wasm_worker::worker::Worker;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// What B's guests do, in turn, and the error each must end with.
 const HOSTILE: [(&str, &str); 5] = [
@@ -109,20 +106,7 @@ async fn measure(
     b.timeout = Some(HumanDuration(Duration::from_secs(2)));
     b.memory_limit = Some(ByteSize(64 << 20));
     b.capabilities.cpu.max_cores = b_max_cores;
-    let config = Config {
-        worker: WorkerSection {
-            name: Some("neighbours".into()),
-            ..Default::default()
-        },
-        activities: vec![a, b],
-    };
-    let worker = Worker::new(
-        runtime,
-        &config.validate()?,
-        SfnClient::new(&fake.sdk_config().await),
-    )?;
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let (shutdown, running) = serve_in_process(runtime, &fake, "neighbours", vec![a, b]).await?;
 
     let mut a_tokens: Vec<String> = Vec::new();
     let mut b_tokens: Vec<(String, &str)> = Vec::new();

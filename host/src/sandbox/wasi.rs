@@ -66,9 +66,15 @@ pub struct WasiGrant {
 }
 
 impl WasiGrant {
-    /// A WASI context that grants exactly this, with stdout and stderr going to the given
-    /// captures. Fails if a granted directory cannot be opened.
-    pub fn context(&self, stdout: &TailCapture, stderr: &TailCapture) -> Result<WasiCtx> {
+    /// A WASI context that grants exactly this (and the variable `extra_var`, if any), with
+    /// stdout and stderr going to the given captures. Fails if a granted directory cannot be
+    /// opened.
+    pub fn context(
+        &self,
+        stdout: &TailCapture,
+        stderr: &TailCapture,
+        extra_var: Option<(&str, &str)>,
+    ) -> Result<WasiCtx> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -76,6 +82,9 @@ impl WasiGrant {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         for (key, value) in &self.env {
+            wasi.env(key, value);
+        }
+        if let Some((key, value)) = extra_var {
             wasi.env(key, value);
         }
         for (host_path, guest_path) in &self.read_only_dirs {
@@ -134,16 +143,8 @@ impl Capability for Wasi {
     /// guest's AWS calls must name (as Lambda sets it), unless `env` sets it.
     fn task_state(grant: &WasiGrant, task: &TaskSetup<'_>) -> Result<WasiCtx> {
         let region = task.grants.aws.as_ref().and_then(|aws| aws.region());
-        match region {
-            Some(region) if !grant.env.iter().any(|(key, _)| key == "AWS_REGION") => {
-                let mut with_region = grant.clone();
-                with_region
-                    .env
-                    .push(("AWS_REGION".to_string(), region.to_string()));
-                with_region.context(task.stdout, task.stderr)
-            }
-            _ => grant.context(task.stdout, task.stderr),
-        }
+        let region = region.filter(|_| !grant.env.iter().any(|(key, _)| key == "AWS_REGION"));
+        grant.context(task.stdout, task.stderr, region.map(|r| ("AWS_REGION", r)))
     }
 
     fn link(linker: &mut Linker<TaskState>) -> Result<()> {

@@ -329,10 +329,7 @@ impl AwsGrant {
                 Arc::default(),
             ),
             target: route.send_to.clone(),
-            allowlist: match &self.endpoint {
-                Some(_) => self.endpoint_allowlist.clone(),
-                None => Arc::new(Allowlist::default()),
-            },
+            allowlist: self.endpoint_allowlist.clone(),
             limits: OutboundLimits::default(),
             options: None,
             resolver: Arc::new(SystemResolver),

@@ -368,3 +368,64 @@ fn endpoint_target(url: &str) -> Result<Target, String> {
     }
     Target::new(scheme, authority).map_err(|why| format!("{url:?}: {why}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(services: &[&str], region: Option<&str>) -> AwsGrant {
+        let settings = AwsSettings {
+            services: services.iter().map(|s| s.to_string()).collect(),
+            region: region.map(Into::into),
+            endpoint_url: Some("http://127.0.0.1:4566".into()),
+            ..AwsSettings::default()
+        };
+        let provider = aws_credential_types::provider::SharedCredentialsProvider::new(
+            aws_credential_types::Credentials::new("AKID", "secret", None, None, "test"),
+        );
+        AwsGrant::new(&settings, &GrantContext::default(), Some(provider))
+    }
+
+    fn route(grant: &AwsGrant, host: &str) -> Result<AwsRoute, String> {
+        let target = Target::new("https", host).unwrap();
+        grant.route(endpoints::recognise(host).unwrap(), &target)
+    }
+
+    #[test]
+    fn a_refused_call_names_the_key_to_change() {
+        let sqs_only = grant(&["sqs"], Some("eu-west-1"));
+        let err = route(&sqs_only, "dynamodb.eu-west-1.amazonaws.com").unwrap_err();
+        assert!(
+            err.contains("\"dynamodb\"") && err.contains("[activity.aws] services"),
+            "{err}"
+        );
+        let err = route(&sqs_only, "sqs.us-east-1.amazonaws.com").unwrap_err();
+        assert!(
+            err.contains("us-east-1")
+                && err.contains("eu-west-1")
+                && err.contains("[activity.aws] region"),
+            "{err}"
+        );
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            let err = route(&grant(&["sqs"], None), "sqs.eu-west-1.amazonaws.com").unwrap_err();
+            assert!(
+                err.contains("set [activity.aws] region or [worker] region"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_override_gets_path_style_s3_and_its_own_host() {
+        let route = route(
+            &grant(&["s3"], Some("eu-west-1")),
+            "photos.s3.eu-west-1.amazonaws.com",
+        )
+        .unwrap();
+        assert_eq!(route.send_to.to_string(), "http://127.0.0.1:4566");
+        assert_eq!(route.host_header, "127.0.0.1:4566");
+        assert_eq!(route.path_prefix, "/photos");
+    }
+}

@@ -4,8 +4,9 @@
 #   guest/build.sh                 # every guest
 #   guest/build.sh rust-order ...  # just these
 #
-# Guests: rust-order, rust-fetch, rust-aws, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch, python-aws,
-# python-kit (componentize-py), js-order, js-fetch, js-aws, js-kit (esbuild + jco), c-order (clang +
+# Guests: rust-order, rust-fetch, rust-aws, rust-config, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch, python-aws,
+# python-config, python-kit (componentize-py), js-order, js-fetch, js-aws, js-config, js-kit, ts-kit
+# (esbuild + jco; ts-kit is TypeScript), c-order (clang +
 # wasi-libc + wit-bindgen c).
 # The toolchains are installed by .ci/install-tools (which says why each step is as it is).
 set -euo pipefail
@@ -15,7 +16,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary http-probe rust-fetch rust-aws versioned-1 versioned-2 python-order python-fetch python-aws python-kit js-order js-fetch js-aws js-kit c-order)
+all=(rust-order adversary http-probe rust-fetch rust-aws rust-config versioned-1 versioned-2 python-order python-fetch python-aws python-config python-kit js-order js-fetch js-aws js-config js-kit ts-kit c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -61,7 +62,7 @@ build_python() {
         -p "$(source_dir "$name")" -p "$repo/guest/kits/python" -o "$out/$name.wasm" >/dev/null
 }
 
-# JavaScript guests: the entry file bundled with what it imports (the JavaScript kit) by
+# JavaScript guests: the entry file (app.js, or app.ts for TypeScript) bundled with what it imports (the JavaScript kit) by
 # esbuild, then componentized by jco; both pinned in guest/js-toolchain. `-d http` removes
 # StarlingMonkey's HTTP client from guests that make no requests (they import no wasi:http).
 build_js() {
@@ -69,8 +70,10 @@ build_js() {
     need npm
     [ -x "$toolchain/node_modules/.bin/jco" ] && [ -x "$toolchain/node_modules/.bin/esbuild" ] ||
         (cd "$toolchain" && npm ci --no-audit --no-fund --silent)
-    local bundle="$work/$name.bundle.js"
-    "$toolchain/node_modules/.bin/esbuild" "$(source_dir "$name")/app.js" --bundle --format=esm \
+    local bundle="$work/$name.bundle.js" entry
+    entry="$(source_dir "$name")/app.js"
+    [ -f "$entry" ] || entry="${entry%.js}.ts" # TypeScript: esbuild strips the types
+    "$toolchain/node_modules/.bin/esbuild" "$entry" --bundle --format=esm \
         --keep-names --log-level=warning --external:'sfn:*' --external:'wasi:*' --outfile="$bundle"
     local disable=(-d fetch-event)
     [ "$world" = handler ] && disable=(-d http fetch-event)
@@ -105,15 +108,18 @@ build_c() {
 for guest in "$@"; do
     note "building $guest"
     case "$guest" in
-        rust-order | adversary | http-probe | rust-fetch | rust-aws) build_rust "$guest" ;;
+        rust-order | adversary | http-probe | rust-fetch | rust-aws | rust-config) build_rust "$guest" ;;
         # One crate, two builds that say which they are (hot-reload tests).
         versioned-1 | versioned-2) GUEST_VERSION=${guest#versioned-} build_rust versioned "$guest" ;;
         python-order) build_python python-order handler ;;
         python-fetch) build_python python-fetch handler-http ;;
         python-aws) build_python python-aws handler-http ;;
+        python-config) build_python python-config handler ;;
         js-order) build_js js-order handler ;;
         js-fetch) build_js js-fetch handler-http ;;
         js-aws) build_js js-aws handler-http ;;
+        js-config) build_js js-config handler ;;
+        ts-kit) build_js ts-kit handler-http ;;
         python-kit) build_python python-kit handler ;;
         js-kit) build_js js-kit handler ;;
         c-order) build_c ;;

@@ -2,7 +2,8 @@
 //! the task's outcome: an uncaught exception named by its class with its message first, a
 //! chosen task error, input that is not JSON, a return value that is not JSON, and `log` and
 //! `heartbeat` as plain functions, and running out of memory named as for every guest.
-//! (Rust's SDK: tests/outcomes.rs.)
+//! `config` (wasi:config) in every kit and the Rust SDK, and the kit's TypeScript declarations
+//! checked by `tsc` on a typed guest that runs. (Rust's SDK outcomes: tests/outcomes.rs.)
 
 mod common;
 
@@ -169,4 +170,123 @@ async fn a_c_guest_out_of_memory_is_wasm_out_of_memory_naming_the_limit() {
     let (outcome, _) = run_with("c-order", &order, &limits).await;
     let cause = expect_failure(&outcome, "Wasm.OutOfMemory");
     assert!(cause.contains(&format!("{limit} bytes")), "{cause}");
+}
+
+/// Grants with `[activity.config] values` (no secrets: nothing to fetch).
+fn config_grants(values: &[(&str, &str)]) -> Grants {
+    let mut settings = sfn_wasm_worker::sandbox::CapabilitySettings::default();
+    for (key, value) in values {
+        settings
+            .config
+            .values
+            .insert(key.to_string(), value.to_string());
+    }
+    settings.grants(&Default::default())
+}
+
+#[tokio::test]
+async fn config_gives_each_guest_its_values_and_nothing_for_other_keys() {
+    let grants = config_grants(&[("rate", "1.5"), ("region", "EU"), ("api_key", "k3y")]);
+    let input = json!({"amount": 4, "probe": ["region", "unknown"]}).to_string();
+    for name in ["python-config", "js-config", "rust-config"] {
+        let (job, _) = task(&input);
+        let (TaskEnd::Report(outcome), _) = guest(name).run(job, &limits(), &grants).await else {
+            panic!("{name}: abandoned");
+        };
+        let output = expect_success(&outcome);
+        assert_eq!(output["region"], "EU", "{name}: {output}");
+        assert_eq!(output["total"], 6.0, "{name}: {output}");
+        assert_eq!(
+            output["api_key"],
+            json!({"length": 3, "checksum": 107 + 51 + 121}),
+            "{name}: {output}"
+        );
+        assert_eq!(
+            output["present"],
+            json!({"region": true, "unknown": false}),
+            "{name}: {output}"
+        );
+        // Without the table, every key is absent.
+        let (job, _) = task(&input);
+        let (TaskEnd::Report(outcome), _) =
+            guest(name).run(job, &limits(), &Grants::default()).await
+        else {
+            panic!("{name}: abandoned");
+        };
+        let output = expect_success(&outcome);
+        assert_eq!(
+            (&output["region"], &output["api_key"]),
+            (&Value::Null, &Value::Null),
+            "{name}: {output}"
+        );
+        // A bad value is the guest's own error.
+        let (job, _) = task(&input);
+        let bad = config_grants(&[("rate", "fast")]);
+        let (TaskEnd::Report(outcome), _) = guest(name).run(job, &limits(), &bad).await else {
+            panic!("{name}: abandoned");
+        };
+        expect_failure(&outcome, "Quote.BadRate");
+    }
+}
+
+/// The JavaScript kit's TypeScript compiler (guest/js-toolchain), checking `tsconfig`.
+fn tsc(project: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(repo_root().join("guest/js-toolchain/node_modules/.bin/tsc"))
+        .arg("-p")
+        .arg(project)
+        .output()
+        .expect("running tsc (guest/build.sh installs guest/js-toolchain)")
+}
+
+#[tokio::test]
+async fn the_typescript_declarations_check_a_typed_guest_that_runs() {
+    let project = repo_root().join("guest/test-guests/ts-kit/tsconfig.json");
+    let checked = tsc(&project);
+    assert!(
+        checked.status.success(),
+        "tsc --noEmit on the ts-kit guest:\n{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    // The declarations are strict: a handler that misuses them does not check.
+    let dir = tempfile::tempdir().unwrap();
+    let kit = repo_root().join("guest/kits/js/sfn-activity.js");
+    std::fs::write(
+        dir.path().join("app.ts"),
+        format!(
+            "import {{ config, handler, TaskError }} from {kit:?};\n\
+             export const handle = handler((task: {{ n: number }}, ctx) => {{\n\
+               const limit: number = config(\"limit\");\n\
+               ctx.log(\"loud\", String(task.n));\n\
+               throw new TaskError(42);\n\
+             }});\n"
+        ),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(&project).unwrap();
+    std::fs::write(dir.path().join("tsconfig.json"), config).unwrap();
+    let refused = tsc(&dir.path().join("tsconfig.json"));
+    let errors = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{errors}");
+    for line in ["app.ts(3,", "app.ts(4,", "app.ts(5,"] {
+        assert!(
+            errors.contains(line),
+            "no type error on line {line}:\n{errors}"
+        );
+    }
+    // The typed guest, bundled by esbuild, reads its values.
+    let (job, _) = task(&json!({"op": "config", "keys": ["greeting", "nope"]}).to_string());
+    let grants = config_grants(&[("greeting", "hi")]);
+    let (TaskEnd::Report(outcome), _) = guest("ts-kit").run(job, &limits(), &grants).await else {
+        panic!("ts-kit: abandoned");
+    };
+    let output = expect_success(&outcome);
+    assert_eq!(
+        output,
+        json!({"values": {"greeting": "hi", "nope": null}, "deadline_ok": true})
+    );
+    let (job, _) = task(&json!({"op": "fail"}).to_string());
+    let (TaskEnd::Report(outcome), _) = guest("ts-kit").run(job, &limits(), &grants).await else {
+        panic!("ts-kit: abandoned");
+    };
+    expect_failure(&outcome, "Kit.Failed");
 }

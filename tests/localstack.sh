@@ -48,7 +48,7 @@ start() {
     install
     local state="$home/state-$port"
     rm -rf "$state" && mkdir -p "$state/tmp"
-    GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_SERVER=hypercorn SERVICES=stepfunctions,events,s3,sqs \
+    GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_SERVER=hypercorn SERVICES=stepfunctions,events,s3,sqs,secretsmanager,ssm \
         EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
         API_ENDPOINT=http://127.0.0.1:9 TMPDIR="$state/tmp" CONFIG_DIR="$state" \
         LOCALSTACK_VOLUME_DIR="$state" \

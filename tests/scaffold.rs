@@ -86,6 +86,36 @@ fn a_new_javascript_project_builds_and_runs() {
 }
 
 #[test]
+fn a_new_typescript_project_type_checks_builds_and_runs() {
+    let (_parent, dir) = new_project("ts", "ts-greeter");
+    run_in(
+        &dir,
+        Command::new("npm").args([
+            "install",
+            "--prefer-offline",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+        ]),
+    );
+    // The build runs `tsc` (strict) first: a type error stops it.
+    run_in(&dir, Command::new("npm").args(["run", "--silent", "build"]));
+    assert_sample_runs(&dir, &dir.join("ts-greeter.wasm"), "hello, Ada");
+    let app = std::fs::read_to_string(dir.join("app.ts")).unwrap();
+    std::fs::write(dir.join("app.ts"), app.replace("ctx.taskId", "ctx.taskIdd")).unwrap();
+    let refused = Command::new("npm")
+        .args(["run", "--silent", "check"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stdout).contains("taskIdd"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+}
+
+#[test]
 fn a_new_rust_project_builds_and_runs() {
     let (_parent, dir) = new_project("rust", "rust-greeter");
     // The README's `cargo build --release --target wasm32-wasip2`, with Debian's toolchain

@@ -360,6 +360,9 @@ async fn invoke(args: InvokeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let runtime = one_task_runtime(global, limits.memory_limit)?;
     let guest = runtime.load(&activity.component)?;
     let grants = activity.grants(&Default::default());
+    grants
+        .ready(&activity.arn.as_str().into(), &Default::default())
+        .await?;
     guest.check_start_up(&activity.arn, &limits, &grants)?;
     let heartbeat = Arc::new(CountingHeartbeat::default());
     let task = Task {

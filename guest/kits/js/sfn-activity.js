@@ -22,6 +22,12 @@
 //   its message, then its stack; a thrown string → error `Error`, cause = the string;
 // - a task input that is not JSON → error `Task.InvalidInput`.
 //
+// `config(key, fallback)` reads the activity's configuration (its `[activity.config]` values,
+// and secrets the worker fetched from Secrets Manager or Parameter Store; wasi:config
+// underneath): the value, or `fallback` (default `undefined`) for a key it does not give.
+//
+//   const apiKey = config("api_key");
+//
 // In the `handler-http` world, `http` sends HTTP requests (to the origins the activity's
 // `[activity.outbound] allowed_hosts` lists) and `aws` calls AWS services (those its
 // `[activity.aws] services` lists; the worker signs each call: the guest holds no
@@ -37,6 +43,7 @@
 // A request that gets no response throws `HttpError`; an AWS error answer throws `AwsError`
 // (`.status`, `.code`, `.message`).
 import { heartbeat as hostHeartbeat, log as hostLog } from "sfn:activity/host@0.1.0";
+import { get as configGet } from "wasi:config/store@0.2.0-rc.1";
 
 /** Characters of stack kept in a cause (Step Functions keeps 32 768 in all). */
 const MAX_STACK_CHARS = 16000;
@@ -77,6 +84,22 @@ export function heartbeat() {
   }
 }
 
+/** The worker could not give a configuration value (wasi:config's error). */
+export class ConfigError extends Error {}
+
+/** The activity's configuration value `key` (a plain value or a secret), or `fallback` if
+ * the activity gives no such key; throws `ConfigError` if the worker cannot give it. */
+export function config(key, fallback = undefined) {
+  let value;
+  try {
+    value = configGet(String(key));
+  } catch (err) {
+    const detail = err?.payload?.val ?? err?.payload ?? err;
+    throw new ConfigError(`${key}: ${String(detail)}`);
+  }
+  return value ?? fallback;
+}
+
 /** The `handle` export for the world: runs `fn(input, ctx)` per task. A handler that
  * returns a plain value is called synchronously; one that returns a promise (an async
  * function) is awaited. */
@@ -98,6 +121,7 @@ export function handler(fn) {
         deadlineMs: context.deadlineMs,
         log,
         heartbeat,
+        config,
       });
     } catch (err) {
       throw toTaskError(err);

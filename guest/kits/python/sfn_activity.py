@@ -24,6 +24,10 @@ What becomes of the handler's result (the task's outcome):
   `KeyError`, your own class), cause = its message, then the traceback, innermost call first;
 - a task input that is not JSON → error `Task.InvalidInput`.
 
+`sfn_activity.config(key, default=None)` reads the activity's configuration (its
+`[activity.config]` values, and secrets the worker fetched from Secrets Manager or Parameter
+Store; wasi:config underneath): the value, or `default` for a key the activity does not give.
+
 In the `handler-http` world, `sfn_activity.http` sends HTTP requests (to the origins the
 activity's `[activity.outbound] allowed_hosts` lists) and `sfn_activity.aws` calls AWS
 services (those its `[activity.aws] services` lists; the worker signs each call: the guest
@@ -46,6 +50,7 @@ from urllib.parse import quote, urlsplit
 import wit_world
 from componentize_py_types import Err, Ok
 from wit_world.imports import host
+from wit_world.imports import store as _config_store
 
 try:  # the `handler-http` world: wasi:http's client (componentize-py bundles what is
     # imported here, at the top, so these are not imported inside the functions)
@@ -60,8 +65,8 @@ try:  # the `handler` world
 except ImportError:  # the `handler-http` world, which also has wasi:http's `types`
     from wit_world.imports.sfn_activity_types import TaskContext, TaskError as _WitTaskError
 
-__all__ = ["AwsError", "Context", "HttpError", "Response", "TaskError", "TaskOver", "aws",
-           "export", "heartbeat", "http", "log"]
+__all__ = ["AwsError", "ConfigError", "Context", "HttpError", "Response", "TaskError", "TaskOver",
+           "aws", "config", "export", "heartbeat", "http", "log"]
 
 # The error every guest that runs out of memory is failed with (the worker's outcome table).
 OUT_OF_MEMORY = "Wasm.OutOfMemory"
@@ -108,6 +113,20 @@ def heartbeat():
         raise TaskOver(str(err.value)) from None
 
 
+class ConfigError(Exception):
+    """The worker could not give a configuration value (wasi:config's error)."""
+
+
+def config(key, default=None):
+    """The activity's configuration value `key` (a plain value or a secret), or `default`
+    if the activity gives no such key. Raises `ConfigError` if the worker cannot give it."""
+    try:
+        value = _config_store.get(str(key))
+    except Err as err:
+        raise ConfigError(f"{key}: {getattr(err.value, 'value', err.value)}") from None
+    return default if value is None else value
+
+
 class Context:
     """What the handler may know about its task (never the task token)."""
 
@@ -119,6 +138,7 @@ class Context:
 
     log = staticmethod(log)
     heartbeat = staticmethod(heartbeat)
+    config = staticmethod(config)
 
     def __repr__(self):
         return f"Context(activity_arn={self.activity_arn!r}, task_id={self.task_id!r})"

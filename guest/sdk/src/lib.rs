@@ -25,6 +25,8 @@ pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
         world: "handler",
+        // wasi:config/store (the `config` function) is generated here too.
+        generate_all,
         export_macro_name: "export_handler_world",
         pub_export_macro: true,
         default_bindings_module: "sfn_activity_guest::bindings",
@@ -70,6 +72,30 @@ impl Context {
     pub fn heartbeat(&self) -> Result<(), String> {
         host::heartbeat()
     }
+
+    /// The activity's configuration value `key`: [`config`].
+    pub fn config(&self, key: &str) -> Result<Option<String>, TaskError> {
+        config(key)
+    }
+}
+
+/// The activity's configuration value `key` (an `[activity.config]` value, or a secret the
+/// worker fetched from Secrets Manager or Parameter Store; wasi:config underneath): `None`
+/// if the activity gives no such key, `Err` (`Config.Unavailable`) if the worker cannot give
+/// it, so a handler can `?` it.
+///
+/// ```ignore
+/// let api_key = config("api_key")?
+///     .ok_or_else(|| TaskError::new("Config.Missing", "the activity gives no api_key"))?;
+/// ```
+pub fn config(key: &str) -> Result<Option<String>, TaskError> {
+    bindings::wasi::config::store::get(key).map_err(|err| {
+        let detail = match err {
+            bindings::wasi::config::store::Error::Upstream(why)
+            | bindings::wasi::config::store::Error::Io(why) => why,
+        };
+        TaskError::new("Config.Unavailable", format!("{key}: {detail}"))
+    })
 }
 
 /// A task failure: becomes SendTaskFailure's `error` (matched by Retry/Catch) and `cause`.

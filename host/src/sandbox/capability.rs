@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::Linker;
 
@@ -53,6 +54,17 @@ pub trait Capability {
     /// Adds the host functions this capability provides to the engine's linker.
     fn link(_linker: &mut Linker<TaskState>) -> Result<()> {
         Ok(())
+    }
+
+    /// Readies an activity's grant before the activity polls: at start-up, and on every
+    /// reload that keeps or replaces it (e.g. fetches what it serves). The error names what
+    /// failed and the fix.
+    fn ready(
+        _grant: &Self::Grant,
+        _activity: &Arc<str>,
+        _metrics: &Self::Metrics,
+    ) -> impl std::future::Future<Output = Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// Writes the flags given on the command line into `settings`.
@@ -215,6 +227,16 @@ macro_rules! capabilities {
             }
         }
 
+        impl Grants {
+            /// Readies every grant of `activity` before it polls (see [`Capability::ready`]).
+            pub async fn ready(&self, activity: &Arc<str>, metrics: &CapabilityMetrics) -> Result<()> {
+                $(<$capability as Capability>::ready(&self.$name, activity, &metrics.$name)
+                    .await
+                    .with_context(|| format!("[activity.{}]", stringify!($name)))?;)*
+                Ok(())
+            }
+        }
+
         /// The capabilities' table names, in registry order.
         pub const SECTIONS: &[&str] = &[$(stringify!($name)),*];
 
@@ -284,6 +306,8 @@ capabilities! {
     aws: crate::sandbox::outbound::aws::Aws,
     /// `[activity.large_output]`: outputs over 256 KiB written to S3, a pointer returned.
     large_output: crate::sandbox::large_output::LargeOutput,
+    /// `[activity.config]`: values and secrets the guest reads through `wasi:config/store`.
+    config: crate::sandbox::guest_config::GuestConfig,
     /// `[activity.host]`: the `sfn:activity/host` interface (log, heartbeat).
     host: crate::sandbox::host_api::HostApi,
     /// `[activity.cpu]`: the activity's share of the CPU.

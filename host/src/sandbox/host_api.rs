@@ -2,9 +2,9 @@
 //! in `[activity.host]`, and the controls the worker holds over a running task (heartbeat
 //! sink, interruption).
 
+use crate::sandbox::bindings::sfn::activity::host as host_interface;
 use crate::sandbox::bindings::sfn::activity::host::{Host, LogLevel};
 use crate::sandbox::bindings::sfn::activity::types;
-use crate::sandbox::bindings::Handler;
 use crate::sandbox::capability::{Capability, GrantContext, NoFlags, TaskSetup};
 use crate::sandbox::store::TaskState;
 use anyhow::{bail, Context as _};
@@ -97,7 +97,7 @@ impl Capability for HostApi {
     }
 
     fn link(linker: &mut Linker<TaskState>) -> anyhow::Result<()> {
-        Handler::add_to_linker::<_, HasSelf<_>>(linker, |state: &mut TaskState| {
+        host_interface::add_to_linker::<_, HasSelf<_>>(linker, |state: &mut TaskState| {
             &mut state.capabilities_and_table().0.host
         })
         .map_err(anyhow::Error::from)

@@ -6,7 +6,7 @@
 //! the table a large output stays `Worker.OutputTooLarge`.
 
 use crate::sandbox::capability::{Capability, GrantContext, NoFlags, TaskSetup};
-use crate::sandbox::outbound::aws::HostPut;
+use crate::sandbox::outbound::aws::HostCallFor;
 use crate::sandbox::outcome::{Outcome, OUTPUT_UPLOAD_FAILED};
 use crate::sandbox::run::Task;
 use crate::sandbox::Grants;
@@ -96,16 +96,20 @@ pub async fn claim_check(output: String, task: &Task, grants: &Grants) -> Outcom
     let body = bytes::Bytes::from(output);
     let mut failure = String::new();
     for attempt in 1..=ATTEMPTS {
-        let put = HostPut {
-            bucket: &grant.bucket,
-            key: &key,
-            content_type: "application/json",
-            body: body.clone(),
+        let on_behalf_of = HostCallFor {
             activity_arn: task.activity_arn.clone(),
             task_id: task.task_id.clone(),
-            deadline: tokio::time::Instant::now() + ATTEMPT_TIME,
         };
-        match aws.put_object(put).await {
+        let deadline = tokio::time::Instant::now() + ATTEMPT_TIME;
+        let put = aws.put_object(
+            &grant.bucket,
+            &key,
+            "application/json",
+            body.clone(),
+            on_behalf_of,
+            deadline,
+        );
+        match put.await {
             Ok(()) => {
                 let pointer = serde_json::json!({
                     "s3_uri": format!("s3://{}/{key}", grant.bucket),

@@ -9,8 +9,10 @@
 //! - [`limits`]: the one table of per-task limits (pool slots, store limiter, memory cap);
 //! - [`capability`]: the one list of capabilities an activity may grant its guests, each
 //!   with its `[activity.NAME]` table: [`wasi`] (env, read-only directories),
-//!   [`outbound`] (HTTP to listed origins), [`host_api`] (log, heartbeat) and
-//!   [`cpu_share`] (how many of an activity's long-running guests may use a core at once);
+//!   [`outbound`] (HTTP to listed origins; [`outbound::aws`]: AWS calls signed by the host),
+//!   [`large_output`] (outputs over 256 KiB to S3), [`guest_config`] (values and secrets
+//!   through wasi:config), [`host_api`] (log, heartbeat) and [`cpu_share`] (how many of an
+//!   activity's long-running guests may use a core at once);
 //! - [`store`]: one task's store (WASI context, host state, limiter, deadline);
 //! - [`host_api`]: also the worker's controls over a running task (heartbeat, interruption);
 //! - [`output_capture`]: the bounded tails of a guest's stdout and stderr;
@@ -24,6 +26,7 @@ pub mod capability;
 pub mod component;
 pub mod cpu_share;
 pub mod engine;
+pub mod guest_config;
 pub mod host_api;
 pub mod large_output;
 pub mod limits;

@@ -39,7 +39,8 @@ pub struct WasiFlags {
     dirs: Vec<(PathBuf, String)>,
 }
 
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
+/// `KEY=VALUE` from the command line.
+pub(crate) fn parse_key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))

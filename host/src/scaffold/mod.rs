@@ -1,5 +1,5 @@
 //! `sfn-wasm-worker new`: a new guest project that builds and runs as it is, in Python,
-//! JavaScript, Rust or C: a minimal handler (greets `{"name": ...}`), its build command in a
+//! JavaScript, TypeScript, Rust or C: a minimal handler (greets `{"name": ...}`), its build command in a
 //! README, a sample input, the contract (`wit/`) and the language's kit or SDK.
 
 use anyhow::{bail, Context as _, Result};
@@ -12,6 +12,8 @@ pub enum Language {
     Python,
     /// jco (StarlingMonkey), with the JavaScript kit
     Js,
+    /// TypeScript: type-checked by tsc, bundled by esbuild, then as JavaScript
+    Ts,
     /// Rust for wasm32-wasip2, with the Rust SDK
     Rust,
     /// C with wasi-libc and wit-bindgen
@@ -50,6 +52,14 @@ fn language_files(language: Language) -> Vec<(&'static str, Content)> {
             ("sfn-activity.js", Template(include_str!("../../../guest/kits/js/sfn-activity.js"))),
             ("package.json", Template(include_str!("templates/js/package.json"))),
             ("README.md", Template(include_str!("templates/js/README.md"))),
+        ],
+        Language::Ts => vec![
+            ("app.ts", Template(include_str!("templates/ts/app.ts"))),
+            ("sfn-activity.js", Template(include_str!("../../../guest/kits/js/sfn-activity.js"))),
+            ("sfn-activity.d.ts", Template(include_str!("../../../guest/kits/js/sfn-activity.d.ts"))),
+            ("tsconfig.json", Template(include_str!("templates/ts/tsconfig.json"))),
+            ("package.json", Template(include_str!("templates/ts/package.json"))),
+            ("README.md", Template(include_str!("templates/ts/README.md"))),
         ],
         Language::Rust => vec![
             ("Cargo.toml", Template(include_str!("templates/rust/Cargo.toml"))),

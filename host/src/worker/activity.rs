@@ -6,6 +6,7 @@ use crate::sandbox::{Grants, Guest, TaskHandler, TaskLimits};
 use crate::worker::file_stamp::FileStamp;
 use crate::worker::metrics::Metrics;
 use crate::worker::sfn::SfnClient;
+use anyhow::Context as _;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
@@ -43,6 +44,18 @@ impl ActivitySpec {
             handler,
             loaded,
         }
+    }
+}
+
+impl ActivitySpec {
+    /// Readies its grants (fetches its secrets) before its tasks run; the error names the
+    /// activity.
+    pub(crate) async fn ready(&self, metrics: &Metrics) -> anyhow::Result<()> {
+        let arn: Arc<str> = self.config.arn.as_str().into();
+        self.grants
+            .ready(&arn, &metrics.capabilities)
+            .await
+            .with_context(|| format!("activity {arn}"))
     }
 }
 

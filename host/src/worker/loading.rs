@@ -63,7 +63,8 @@ pub(crate) struct Served {
 /// The state that serves `config` (a new configuration, or the running one when only
 /// components changed), or `None` when it is the running one. Reuses what did not change
 /// (a component whose file is as it was, clients whose role is the same). A new
-/// configuration must fit what the running engine reserved.
+/// configuration must fit what the running engine reserved. Every activity's grants are
+/// readied (new secrets fetched, kept ones refreshed) before it is swapped in.
 pub(crate) async fn prepare(
     runtime: &Arc<Runtime>,
     clients: &ActivityClients,
@@ -128,6 +129,9 @@ pub(crate) async fn prepare(
             Some(loaded),
             grants,
         )));
+    }
+    for spec in &specs {
+        spec.ready(metrics).await?;
     }
     let unchanged = specs.len() == served.specs.len()
         && specs

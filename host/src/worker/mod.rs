@@ -198,8 +198,12 @@ impl Worker {
 
     /// Serves every activity until `shutdown` is cancelled, then drains. Errors when every
     /// activity has stopped because Step Functions does not know it, or (before any poll)
-    /// when the metrics address cannot be listened on.
+    /// when an activity's grants cannot be readied (a secret that cannot be fetched) or the
+    /// metrics address cannot be listened on.
     pub async fn run(self, shutdown: CancellationToken) -> Result<StatsSnapshot> {
+        for spec in &self.specs {
+            spec.ready(&self.metrics).await?;
+        }
         let stop_endpoints = CancellationToken::new();
         let _stop_endpoints_on_return = stop_endpoints.clone().drop_guard();
         let readiness = Arc::new(Readiness::new(shutdown.clone()));

@@ -7,17 +7,16 @@
 //! sandbox: the guest never sees the signature either, only the service's response.
 
 pub mod endpoints;
+mod host_calls;
 pub mod signing;
+
+pub use host_calls::{HostCall, HostCallFor};
 
 use crate::config::units::ByteSize;
 use crate::sandbox::capability::{Capability, GrantContext, NoFlags, TaskSetup};
-use crate::sandbox::outbound::client::{self, SendPlan, SystemResolver};
 use crate::sandbox::outbound::policy::{Allowlist, OriginScheme, Target, TargetHost};
-use crate::sandbox::outbound::{OutboundLimits, RequestLog};
 use anyhow::{bail, Result};
-use bytes::Bytes;
 use endpoints::{looks_like_region, ServiceEndpoint};
-use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use signing::{CredentialSource, GuestCredentials};
 use std::collections::BTreeSet;
@@ -212,7 +211,11 @@ impl AwsGrant {
 
     /// Where a request to `endpoint` (named by `target`) is sent, and as what: to AWS
     /// itself over https, or to the endpoint override (path-style for S3).
-    fn send_route(&self, endpoint: ServiceEndpoint, target: &Target) -> Result<AwsRoute, String> {
+    pub(crate) fn send_route(
+        &self,
+        endpoint: ServiceEndpoint,
+        target: &Target,
+    ) -> Result<AwsRoute, String> {
         let TargetHost::Name(name) = &target.host else {
             unreachable!("an AWS endpoint is a name");
         };
@@ -269,89 +272,6 @@ impl AwsGrant {
     /// The activity's guest credentials.
     pub fn credentials(&self) -> &GuestCredentials {
         &self.credentials
-    }
-}
-
-/// One `PutObject` the host makes itself (a large output, [`crate::sandbox::large_output`]).
-pub struct HostPut<'a> {
-    /// The bucket.
-    pub bucket: &'a str,
-    /// The object's key.
-    pub key: &'a str,
-    /// Its content type.
-    pub content_type: &'a str,
-    /// Its bytes.
-    pub body: Bytes,
-    /// The task it is for (logs).
-    pub activity_arn: Arc<str>,
-    /// The task's id (logs).
-    pub task_id: String,
-    /// When it must be done.
-    pub deadline: tokio::time::Instant,
-}
-
-impl AwsGrant {
-    /// Writes `put`'s object with the activity's credentials, through the outbound client
-    /// (the endpoint override too); `Err` is S3's answer or the failure, for the task's cause.
-    pub async fn put_object(&self, put: HostPut<'_>) -> Result<(), String> {
-        let endpoint = ServiceEndpoint {
-            service: "s3".into(),
-            region: self.region.clone().ok(),
-            bucket: Some(put.bucket.to_string()),
-        };
-        let host = format!(
-            "{}.s3.{}.amazonaws.com",
-            put.bucket,
-            endpoint.signing_region()
-        );
-        let named = Target::new("https", &host)?;
-        let route = self.send_route(endpoint, &named)?;
-        let request = http::Request::builder()
-            .method("PUT")
-            .uri(format!("https://{host}/{}", put.key))
-            .header(http::header::CONTENT_TYPE, put.content_type)
-            .body(
-                http_body_util::Full::new(put.body.clone())
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .map_err(|err| format!("the object's key {:?}: {err}", put.key))?;
-        let request = signing::signed(&route, &self.credentials, u64::MAX, request)
-            .await
-            .map_err(|err| err.to_string())?;
-        let plan = SendPlan {
-            log: RequestLog::new(
-                put.activity_arn,
-                put.task_id,
-                "PUT",
-                &route.send_to,
-                Some("s3"),
-                Arc::default(),
-            ),
-            target: route.send_to.clone(),
-            allowlist: self.endpoint_allowlist.clone(),
-            limits: OutboundLimits::default(),
-            options: None,
-            resolver: Arc::new(SystemResolver),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
-            deadline: put.deadline,
-        };
-        let (response, _) = client::send(plan, request)
-            .await
-            .map_err(|err| format!("S3 did not answer: {err}"))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|body| body.to_bytes())
-            .unwrap_or_default();
-        let text = String::from_utf8_lossy(&body);
-        let excerpt: String = text.chars().take(300).collect();
-        Err(format!("S3 answered {status}: {excerpt}"))
     }
 }
 

@@ -8,7 +8,9 @@ def handle(task, ctx):
     if not isinstance(name, str) or not name:
         raise TaskError("Greeting.InvalidInput", "`name` must be a non-empty string")
     ctx.log("info", f"greeting {name}")
-    return {"greeting": f"hello, {name}", "task_id": ctx.task_id}
+    # A value of the activity's [activity.config] (or `invoke --config-value greeting=hi`).
+    greeting = sfn_activity.config("greeting", "hello")
+    return {"greeting": f"{greeting}, {name}", "task_id": ctx.task_id}
 
 
 WitWorld = sfn_activity.export(handle)

@@ -1,6 +1,6 @@
 //! {{name}}: a sfn-wasm-worker task handler in Rust (see README.md).
 
-use sfn_activity_guest::{export_handler, json, Context, TaskError, Value};
+use sfn_activity_guest::{config, export_handler, json, Context, TaskError, Value};
 
 fn handle(task: Value, ctx: &Context) -> Result<Value, TaskError> {
     let name = task["name"]
@@ -8,7 +8,9 @@ fn handle(task: Value, ctx: &Context) -> Result<Value, TaskError> {
         .filter(|name| !name.is_empty())
         .ok_or_else(|| TaskError::new("Greeting.InvalidInput", "`name` must be a non-empty string"))?;
     ctx.info(&format!("greeting {name}"));
-    Ok(json!({ "greeting": format!("hello, {name}"), "task_id": ctx.task_id }))
+    // A value of the activity's [activity.config] (or `invoke --config-value greeting=hi`).
+    let greeting = config("greeting")?.unwrap_or_else(|| "hello".into());
+    Ok(json!({ "greeting": format!("{greeting}, {name}"), "task_id": ctx.task_id }))
 }
 
 export_handler!(handle);

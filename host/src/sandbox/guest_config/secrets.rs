@@ -1,0 +1,328 @@
+//! A secret by reference, as `[activity.config] secrets` and `invoke --secret` write it, and
+//! its fetch by the host: `secretsmanager:NAME` (or `:ARN`, and `#JSON_KEY` to select one
+//! key of a JSON secret) through Secrets Manager's `GetSecretValue`; `ssm:NAME` (or `:ARN`)
+//! through Parameter Store's `GetParameter`, decrypted. A fetch's error names the reference
+//! and AWS's answer, never a value.
+
+use crate::sandbox::outbound::aws::endpoints::{looks_like_region, ServiceEndpoint};
+use crate::sandbox::outbound::aws::{AwsGrant, HostCall, HostCallFor};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts of one fetch (a 5xx answer, throttling and a failed connection are tried again).
+const ATTEMPTS: u32 = 3;
+/// Time one attempt may take.
+const ATTEMPT_TIME: Duration = Duration::from_secs(10);
+
+/// Where a secret's value is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A Secrets Manager secret (name or ARN), or one key of its JSON value.
+    SecretsManager {
+        secret_id: String,
+        json_key: Option<String>,
+    },
+    /// A Parameter Store parameter (name or ARN), SecureString or not.
+    Ssm { name: String },
+}
+
+/// A secret by reference: `secretsmanager:NAME[#JSON_KEY]` or `ssm:NAME`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    text: String,
+    source: Source,
+}
+
+impl FromStr for SecretRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SecretRef, String> {
+        let source = if let Some(rest) = text.strip_prefix("secretsmanager:") {
+            let (secret_id, json_key) = match rest.split_once('#') {
+                Some((id, key)) => (id, Some(key)),
+                None => (rest, None),
+            };
+            if secret_id.is_empty() || json_key == Some("") {
+                return Err(format!(
+                    "{text:?} names no secret: write \"secretsmanager:NAME\" or \
+                     \"secretsmanager:NAME#JSON_KEY\""
+                ));
+            }
+            Source::SecretsManager {
+                secret_id: secret_id.to_string(),
+                json_key: json_key.map(str::to_string),
+            }
+        } else if let Some(name) = text.strip_prefix("ssm:") {
+            if name.is_empty() {
+                return Err(format!("{text:?} names no parameter: write \"ssm:/NAME\""));
+            }
+            Source::Ssm {
+                name: name.to_string(),
+            }
+        } else {
+            return Err(format!(
+                "{text:?} is not a secret reference: write \"secretsmanager:NAME\" (a Secrets \
+                 Manager secret, \"#JSON_KEY\" to pick one key of a JSON secret) or \
+                 \"ssm:/NAME\" (a Parameter Store parameter)"
+            ));
+        };
+        let reference = SecretRef {
+            text: text.to_string(),
+            source,
+        };
+        if let Some(region) = reference.arn_region() {
+            if !looks_like_region(region) {
+                return Err(format!("{text:?}: {region:?} in its ARN is not a region"));
+            }
+        }
+        Ok(reference)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
+/// A JSON-protocol answer that is an error: its code and message.
+struct ErrorAnswer {
+    status: http::StatusCode,
+    code: String,
+    message: String,
+}
+
+impl SecretRef {
+    /// The region an ARN reference names.
+    fn arn_region(&self) -> Option<&str> {
+        let id = match &self.source {
+            Source::SecretsManager { secret_id, .. } => secret_id,
+            Source::Ssm { name } => name,
+        };
+        id.starts_with("arn:").then(|| id.split(':').nth(3))?
+    }
+
+    /// The IAM action the worker needs to fetch it.
+    pub fn iam_action(&self) -> &'static str {
+        match self.source {
+            Source::SecretsManager { .. } => "secretsmanager:GetSecretValue",
+            Source::Ssm { .. } => "ssm:GetParameter",
+        }
+    }
+
+    /// Its value, fetched with `aws`'s credentials for `activity`; the error names AWS's
+    /// answer (never a value).
+    pub async fn fetch(&self, aws: &AwsGrant, activity: &Arc<str>) -> Result<String, String> {
+        let region = match self.arn_region().or(aws.region()) {
+            Some(region) => region.to_string(),
+            None => return Err("no AWS region: set [worker] region (or AWS_REGION)".into()),
+        };
+        let (service, target, payload) = match &self.source {
+            Source::SecretsManager { secret_id, .. } => (
+                "secretsmanager",
+                "secretsmanager.GetSecretValue",
+                serde_json::json!({ "SecretId": secret_id }),
+            ),
+            Source::Ssm { name } => (
+                "ssm",
+                "AmazonSSM.GetParameter",
+                serde_json::json!({ "Name": name, "WithDecryption": true }),
+            ),
+        };
+        let mut failure = String::new();
+        for attempt in 1..=ATTEMPTS {
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 2))).await;
+            }
+            let call = HostCall {
+                endpoint: ServiceEndpoint {
+                    service: service.into(),
+                    region: Some(region.clone()),
+                    bucket: None,
+                },
+                method: "POST",
+                path: "/",
+                headers: &[
+                    ("content-type", "application/x-amz-json-1.1"),
+                    ("x-amz-target", target),
+                ],
+                body: payload.to_string().into(),
+                on_behalf_of: HostCallFor {
+                    activity_arn: activity.clone(),
+                    task_id: "config-secrets".into(),
+                },
+                deadline: tokio::time::Instant::now() + ATTEMPT_TIME,
+            };
+            match aws.call(call).await {
+                Ok((status, body)) if status.is_success() => return self.value_of(&body),
+                Ok((status, body)) => {
+                    let answer = error_answer(status, &body);
+                    let retryable = status.is_server_error()
+                        || answer.code.contains("Throttl")
+                        || answer.code == "TooManyRequestsException";
+                    failure = format!(
+                        "{} answered {} {}: {}",
+                        service_name(service),
+                        answer.status.as_u16(),
+                        answer.code,
+                        answer.message
+                    );
+                    if !retryable {
+                        break;
+                    }
+                }
+                Err(why) => failure = why,
+            }
+        }
+        Err(failure)
+    }
+
+    /// The value in a successful answer.
+    fn value_of(&self, body: &[u8]) -> Result<String, String> {
+        let answer: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| "the answer is not the JSON its API documents".to_string())?;
+        match &self.source {
+            Source::Ssm { .. } => answer["Parameter"]["Value"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| "the answer has no Parameter.Value".into()),
+            Source::SecretsManager { json_key, .. } => {
+                let text = match (
+                    answer["SecretString"].as_str(),
+                    answer["SecretBinary"].as_str(),
+                ) {
+                    (Some(text), _) => text,
+                    // A binary secret is given as the API gives it: base64.
+                    (None, Some(base64)) if json_key.is_none() => base64,
+                    _ => return Err("the answer has no SecretString".into()),
+                };
+                let Some(key) = json_key else {
+                    return Ok(text.to_string());
+                };
+                let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+                    .map_err(|_| {
+                        format!(
+                            "the secret is not a JSON object, so \"#{key}\" cannot select from it"
+                        )
+                    })?;
+                match object.get(key) {
+                    Some(serde_json::Value::String(value)) => Ok(value.clone()),
+                    Some(other) => Ok(other.to_string()),
+                    None => Err(format!(
+                        "the secret's JSON has no key {key:?} (it has {})",
+                        object
+                            .keys()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// A service's name as its documentation spells it.
+fn service_name(service: &str) -> &str {
+    match service {
+        "secretsmanager" => "Secrets Manager",
+        "ssm" => "SSM Parameter Store",
+        other => other,
+    }
+}
+
+/// The code and message of a JSON-protocol error answer.
+fn error_answer(status: http::StatusCode, body: &[u8]) -> ErrorAnswer {
+    let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = answer["__type"]
+        .as_str()
+        .and_then(|kind| kind.rsplit('#').next())
+        .filter(|code| !code.is_empty())
+        .map_or_else(|| format!("HTTP{}", status.as_u16()), str::to_string);
+    let message = answer["message"]
+        .as_str()
+        .or(answer["Message"].as_str())
+        .map_or_else(
+            || String::from_utf8_lossy(body).chars().take(300).collect(),
+            str::to_string,
+        );
+    ErrorAnswer {
+        status,
+        code,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse_and_bad_ones_name_the_forms() {
+        let key: SecretRef = "secretsmanager:prod/tenant-b/api#key".parse().unwrap();
+        assert_eq!(
+            key.source,
+            Source::SecretsManager {
+                secret_id: "prod/tenant-b/api".into(),
+                json_key: Some("key".into())
+            }
+        );
+        let arn: SecretRef = "ssm:arn:aws:ssm:eu-west-1:123456789012:parameter/rate"
+            .parse()
+            .unwrap();
+        assert_eq!(arn.arn_region(), Some("eu-west-1"));
+        for bad in ["vault:x", "secretsmanager:", "secretsmanager:x#", "ssm:"] {
+            let err = bad.parse::<SecretRef>().unwrap_err();
+            assert!(
+                err.contains(bad) && err.contains("secretsmanager:NAME")
+                    || err.contains("ssm:/NAME"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_json_key_is_selected_and_a_missing_one_named_without_values() {
+        let reference: SecretRef = "secretsmanager:db#password".parse().unwrap();
+        let answer = br#"{"SecretString": "{\"user\": \"app\", \"password\": \"hunter2\", \"port\": 5432}"}"#;
+        assert_eq!(reference.value_of(answer).unwrap(), "hunter2");
+        let port: SecretRef = "secretsmanager:db#port".parse().unwrap();
+        assert_eq!(port.value_of(answer).unwrap(), "5432");
+        let missing: SecretRef = "secretsmanager:db#host".parse().unwrap();
+        let err = missing.value_of(answer).unwrap_err();
+        assert!(
+            err.contains("\"host\"") && err.contains("\"user\"") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let plain = br#"{"SecretString": "not json hunter2"}"#;
+        let err = reference.value_of(plain).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn an_error_answer_gives_its_code_and_message() {
+        let answer = error_answer(
+            http::StatusCode::BAD_REQUEST,
+            br#"{"__type":"com.amazonaws#ResourceNotFoundException","message":"not found"}"#,
+        );
+        assert_eq!(
+            (answer.code.as_str(), answer.message.as_str()),
+            ("ResourceNotFoundException", "not found")
+        );
+    }
+}

@@ -163,6 +163,26 @@ async fn metrics_count_a_scripted_run_and_readiness_follows_the_drain() {
         "{metrics}"
     );
 
+    // The busy ratio: running tasks over slots (4 by default), per activity and in all.
+    let busy = |metrics: &str| {
+        (
+            sample(
+                metrics,
+                &format!("sfn_worker_busy_ratio{{activity=\"{arn}\"}}"),
+            ),
+            sample(metrics, "sfn_worker_busy_ratio{activity=\"all\"}"),
+        )
+    };
+    assert_eq!(busy(&metrics), (0.0, 0.0));
+    let sleeper = fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 3000}).to_string());
+    fake.wait_until(WAIT, "the sleeper runs", |fake| fake.running(&arn) == 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(busy(&get(addr, "/metrics").await.1), (0.25, 0.25));
+    fake.wait_for_result(&sleeper, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(busy(&get(addr, "/metrics").await.1), (0.0, 0.0));
+
     // Draining: not ready any more, while the open poll is still awaited.
     fake.set_poll_hold(Duration::from_secs(3));
     tokio::time::sleep(Duration::from_millis(400)).await;

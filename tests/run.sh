@@ -6,6 +6,6 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-.ci/install-tools rust python js c localstack
+.ci/install-tools rust python js c localstack registry
 guest/build.sh
 cargo test --release --workspace

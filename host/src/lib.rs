@@ -8,6 +8,7 @@
 //! - [`worker`]: Step Functions' side (client, pollers and slots, one task's lifecycle,
 //!   heartbeats, reports, counters, shutdown and drain);
 //! - [`config`]: the TOML configuration and its human units;
+//! - [`registry`]: components pulled from (and pushed to) OCI registries;
 //! - [`scaffold`]: new guest projects (`sfn-wasm-worker new`);
 //! - [`proc_status`]: a process's memory figures from `/proc`.
 //!
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod proc_status;
+pub mod registry;
 pub mod sandbox;
 pub mod scaffold;
 pub mod worker;

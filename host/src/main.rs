@@ -9,6 +9,8 @@ use sfn_wasm_worker::config::{
     ActivityConfig, Config, DEFAULT_MAX_CONCURRENCY, DEFAULT_MEMORY_LIMIT, DEFAULT_POLLERS,
     DEFAULT_TIMEOUT,
 };
+use sfn_wasm_worker::registry::reference::OciReference;
+use sfn_wasm_worker::registry::ComponentRegistry;
 use sfn_wasm_worker::sandbox::capability::CapabilityFlags;
 use sfn_wasm_worker::sandbox::cpu_share;
 use sfn_wasm_worker::sandbox::engine::{CacheSetting, EngineSettings};
@@ -104,6 +106,14 @@ enum Command {
         /// Where to write the precompiled component
         #[arg(long, short)]
         output: PathBuf,
+    },
+    /// Push a component to an OCI registry (the Wasm OCI artifact layout) and print the
+    /// reference by digest to put in the activity's `component`
+    Push {
+        /// The component (.wasm), checked against the world first
+        component: PathBuf,
+        /// Where to: oci://REGISTRY/REPOSITORY:TAG
+        reference: String,
     },
     /// Start a new guest project: a working handler, its build command and a sample input
     New {
@@ -225,6 +235,10 @@ fn main() -> ExitCode {
         Command::Check { component } => check(component, &cli.global),
         Command::New { lang, name, dir } => new_project(lang, &name, &dir),
         Command::Compile { component, output } => compile(&component, &output, &cli.global),
+        Command::Push {
+            component,
+            reference,
+        } => runtime.block_on(push(&component, &reference, &cli.global)),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
@@ -308,11 +322,17 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         Some(path) => format!("config file {}", path.display()),
         None => "the --activity-arn flags".to_string(),
     };
-    let config = run_config(&args)?.validate().with_context(source)?;
+    let mut config = run_config(&args)?;
     let cache = CacheSetting::resolve(
         global.no_cache,
         global.cache_dir.clone().or(config.worker.cache_dir.clone()),
     );
+    let registry = Arc::new(ComponentRegistry::new(
+        cache.directory().as_deref(),
+        &config.worker.insecure_registries,
+    ));
+    registry.pull_all(&mut config).await.with_context(source)?;
+    let config = config.validate().with_context(source)?;
     let runtime = Arc::new(Runtime::new(&config.engine_settings(cache))?);
     let clients = ActivityClients::new(sfn::load_sdk_config(&config.worker).await);
     let mut worker = Worker::new(&runtime, &config, clients.own()).with_context(source)?;
@@ -324,6 +344,7 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let reload = worker.reload_with(ReloadSource {
         runtime,
         read_config: Box::new(move || run_config(&args)),
+        registry,
         clients,
     });
     release_freed_memory();
@@ -464,6 +485,21 @@ fn new_project(language: Language, name: &str, parent: &Path) -> Result<ExitCode
         "created {}: see its README.md to build it and invoke it with input.json",
         dir.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `push`: checks the component as `check` does, pushes it, prints the reference by digest.
+async fn push(component: &Path, reference: &str, global: &GlobalArgs) -> Result<ExitCode> {
+    let reference = OciReference::parse(reference).map_err(anyhow::Error::msg)?;
+    let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
+    runtime.load(component)?;
+    let registry = ComponentRegistry::new(None, &[]);
+    let pinned = registry.push(component, &reference).await?;
+    eprintln!(
+        "pushed {} as {reference}; put this in the activity's `component`:",
+        component.display()
+    );
+    println!("{pinned}");
     Ok(ExitCode::SUCCESS)
 }
 

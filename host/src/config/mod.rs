@@ -82,6 +82,10 @@ pub struct WorkerSection {
     /// Reload an activity's component when its file changes (default true). SIGHUP reloads
     /// the configuration and the components whatever this says.
     pub watch_components: Option<bool>,
+    /// Registries (`host:port`) that `oci://` components are pulled from over plain http
+    /// (loopback ones always are; default: none).
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
 }
 
 /// `[[activity]]`: one activity, the component that handles its tasks, and one table per
@@ -91,7 +95,9 @@ pub struct WorkerSection {
 pub struct ActivityConfig {
     /// The activity's ARN: `arn:aws:states:REGION:ACCOUNT:activity:NAME`.
     pub arn: String,
-    /// The guest component (.wasm); relative paths are relative to the config file.
+    /// The guest component: a .wasm file (relative paths are relative to the config file),
+    /// or `oci://REGISTRY/REPO@sha256:DIGEST`, pulled ([`crate::registry`]) into a file
+    /// before the configuration is validated.
     pub component: PathBuf,
     /// Tasks of this activity that may run at once (default 4).
     #[serde(default = "default_max_concurrency")]
@@ -141,9 +147,23 @@ impl ActivityConfig {
         }
     }
 
+    /// Whether its `component` is an `oci://` reference not pulled yet.
+    pub fn pulls_its_component(&self) -> bool {
+        self.component
+            .to_str()
+            .is_some_and(|text| text.starts_with(crate::registry::reference::SCHEME))
+    }
+
     /// Checks what serde cannot; the error names the key (the caller names the activity).
     fn check(&self) -> Result<()> {
         validate_arn(&self.arn).context("key `arn`")?;
+        if self.pulls_its_component() {
+            bail!(
+                "key `component`: {} is pulled from its registry by `run` before the \
+                 configuration is checked (ComponentRegistry::pull_all)",
+                self.component.display()
+            );
+        }
         if self.component.is_dir() {
             bail!(
                 "key `component`: {} is a directory; give the component's .wasm file",
@@ -254,7 +274,7 @@ impl Config {
             }
         }
         for activity in &mut config.activities {
-            if activity.component.is_relative() {
+            if activity.component.is_relative() && !activity.pulls_its_component() {
                 activity.component = base.join(&activity.component);
             }
         }

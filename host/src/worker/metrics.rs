@@ -104,7 +104,15 @@ pub struct Metrics {
     pub reloads: Counters<ResultLabel>,
     /// The process's resident memory, read at each scrape.
     process_resident_memory: Gauge,
+    /// Tasks running over task slots, by activity and `all` (every served activity's),
+    /// worked out at each scrape: what an autoscaler scales on.
+    busy_ratio: Family<ActivityLabel, Gauge<f64, AtomicU64>>,
+    /// Each served activity's task slots (`max_concurrency`), as the last reload left them.
+    slots: Mutex<Vec<(ActivityLabel, u32)>>,
 }
+
+/// The `activity` label of the busy ratio over every served activity.
+pub const ALL_ACTIVITIES: &str = "all";
 
 impl Default for Metrics {
     fn default() -> Metrics {
@@ -127,6 +135,8 @@ impl Default for Metrics {
             component_load_seconds: Family::default(),
             reloads: Counters::default(),
             process_resident_memory: Gauge::default(),
+            busy_ratio: Family::default(),
+            slots: Mutex::default(),
             registry: Registry::default(),
         };
         // (name, help, metric): one line each.
@@ -153,6 +163,7 @@ impl Default for Metrics {
             ("component_load_seconds", "Time to load each activity's component", component_load_seconds),
             ("reloads", "Reloads applied or refused", reloads),
             ("process_resident_memory_bytes", "Resident memory of the worker process", process_resident_memory),
+            ("busy_ratio", "Tasks running over task slots, by activity and all (scale on it)", busy_ratio),
         ];
         metrics.capabilities.register(&mut registry);
         Metrics {
@@ -208,12 +219,52 @@ impl Metrics {
         });
     }
 
-    /// The text exposition, with the process's memory read now.
+    /// Sets the activities served now and their task slots (the busy ratio's denominators).
+    pub fn set_slots(&self, served: impl IntoIterator<Item = (String, u32)>) {
+        let served: Vec<(ActivityLabel, u32)> = served
+            .into_iter()
+            .map(|(arn, slots)| (activity_label(&arn), slots))
+            .collect();
+        let mut slots = self.slots.lock().unwrap();
+        for (gone, _) in slots
+            .iter()
+            .filter(|(label, _)| !served.iter().any(|(l, _)| l == label))
+        {
+            self.busy_ratio.remove(gone);
+        }
+        *slots = served;
+    }
+
+    /// Works out the busy ratios from the tasks running now.
+    fn update_busy_ratio(&self) {
+        let slots = self.slots.lock().unwrap();
+        let (mut busy_all, mut slots_all) = (0.0, 0.0);
+        for (label, count) in slots.iter() {
+            let busy = self.in_flight.get_or_create(label).get().max(0) as f64;
+            let count = f64::from(*count);
+            self.busy_ratio
+                .get_or_create(label)
+                .set(busy / count.max(1.0));
+            busy_all += busy;
+            slots_all += count;
+        }
+        let ratio = if slots_all > 0.0 {
+            busy_all / slots_all
+        } else {
+            0.0
+        };
+        self.busy_ratio
+            .get_or_create(&activity_label(ALL_ACTIVITIES))
+            .set(ratio);
+    }
+
+    /// The text exposition, with the process's memory and the busy ratios worked out now.
     pub fn encode(&self) -> String {
         if let Some(rss) = resident_bytes(None) {
             self.process_resident_memory
                 .set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
+        self.update_busy_ratio();
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String does not fail");
         text

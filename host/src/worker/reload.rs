@@ -10,6 +10,7 @@
 //! loading itself is [`crate::worker::loading`]'s, as at start-up.
 
 use crate::config::Config;
+use crate::registry::ComponentRegistry;
 use crate::sandbox::Runtime;
 use crate::worker::activity::ActivitySpec;
 use crate::worker::loading::{prepare, Served};
@@ -34,6 +35,8 @@ pub struct ReloadSource {
     pub runtime: Arc<Runtime>,
     /// Reads the configuration again, as at start-up (the file, and the flags over it).
     pub read_config: Box<dyn Fn() -> Result<Config> + Send + Sync>,
+    /// Pulls the configuration's `oci://` components (a pull that fails refuses the reload).
+    pub registry: Arc<ComponentRegistry>,
     /// Builds the clients of an added activity, or of one whose role changed.
     pub clients: ActivityClients,
 }
@@ -112,9 +115,13 @@ pub(crate) async fn reload_loop(
         }
         let prepared = match reason {
             ReloadReason::Components => Ok(None),
-            ReloadReason::Config => {
-                (source.read_config)().and_then(|config| config.validate().map(Some))
-            }
+            ReloadReason::Config => match (source.read_config)() {
+                Ok(mut config) => match source.registry.pull_all(&mut config).await {
+                    Ok(()) => config.validate().map(Some),
+                    Err(err) => Err(err),
+                },
+                Err(err) => Err(err),
+            },
         };
         let prepared = match prepared {
             Ok(config) => {

@@ -200,6 +200,14 @@ impl Serving {
                 }
             }
         }
+        self.shared
+            .metrics
+            .set_slots(self.activities.iter().map(|(arn, served)| {
+                (
+                    arn.to_string(),
+                    served.activity.spec().config.max_concurrency,
+                )
+            }));
         self.readiness.serve(
             self.activities
                 .values()

@@ -1,0 +1,172 @@
+//! A registry's credentials, read as `docker` and `wkg` read them: the docker config file
+//! (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`): a credential helper named for
+//! the registry in `credHelpers`, else the `credsStore` helper, else its `auths` entry
+//! (`auth` = base64 of `user:password`, or `username`/`password`, or an `identitytoken`);
+//! anonymous when none names the registry. A helper is run as `docker-credential-NAME get`
+//! with the registry on its stdin.
+
+use anyhow::{bail, Context as _, Result};
+use base64::Engine as _;
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The parts of the docker config file that hold credentials.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    creds_store: Option<String>,
+}
+
+/// One `auths` entry.
+#[derive(Debug, Default, Deserialize)]
+struct AuthEntry {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    identitytoken: Option<String>,
+}
+
+/// What a credential helper answers.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperAnswer {
+    username: String,
+    secret: String,
+}
+
+/// Where the docker config file is.
+pub fn docker_config_path() -> Option<PathBuf> {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => Some(PathBuf::from(dir).join("config.json")),
+        None => {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json"))
+        }
+    }
+}
+
+/// The credentials for `registry` (`host[:port]`); the error names the file or helper that
+/// failed (never a secret).
+pub fn for_registry(registry: &str) -> Result<RegistryAuth> {
+    let Some(path) = docker_config_path().filter(|path| path.is_file()) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the docker config {}", path.display()))?;
+    let config: DockerConfig = serde_json::from_str(&text).map_err(|err| {
+        anyhow::anyhow!(
+            "the docker config {} is not valid JSON ({err}); fix it or point DOCKER_CONFIG elsewhere",
+            path.display()
+        )
+    })?;
+    if let Some(helper) = config
+        .cred_helpers
+        .get(registry)
+        .or(config.creds_store.as_ref())
+    {
+        if let Some(auth) = from_helper(helper, registry)? {
+            return Ok(auth);
+        }
+    }
+    let entry = config
+        .auths
+        .iter()
+        .find(|(server, _)| server_host(server) == registry)
+        .map(|(_, entry)| entry);
+    let Some(entry) = entry else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    if let Some(token) = &entry.identitytoken {
+        return Ok(RegistryAuth::Bearer(token.clone()));
+    }
+    if let (Some(user), Some(password)) = (&entry.username, &entry.password) {
+        return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
+    }
+    if let Some(encoded) = &entry.auth {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let Some((user, password)) = decoded.as_deref().and_then(|text| text.split_once(':'))
+        else {
+            bail!(
+                "the docker config {}: auths.{registry}.auth is not base64 of user:password; \
+                 log in again (docker login {registry})",
+                path.display()
+            );
+        };
+        return Ok(RegistryAuth::Basic(user.to_string(), password.to_string()));
+    }
+    Ok(RegistryAuth::Anonymous)
+}
+
+/// The host of an `auths` key (which may be a URL, as docker writes for Docker Hub).
+fn server_host(server: &str) -> &str {
+    let rest = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))
+        .unwrap_or(server);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Asks the helper `docker-credential-NAME` for `registry`'s credentials: `None` if it has
+/// none for it.
+fn from_helper(name: &str, registry: &str) -> Result<Option<RegistryAuth>> {
+    let program = format!("docker-credential-{name}");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("running the credential helper {program} (named in the docker config); install it or remove it from the config")
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(registry.as_bytes())
+        .with_context(|| format!("writing to {program}"))?;
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stdout);
+        if said.contains("credentials not found") {
+            return Ok(None);
+        }
+        bail!(
+            "the credential helper {program} failed for {registry}: {}",
+            said.trim()
+        );
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&output.stdout)
+        .map_err(|_| anyhow::anyhow!("{program} answered something other than its JSON"))?;
+    Ok(Some(if answer.username == "<token>" {
+        RegistryAuth::Bearer(answer.secret)
+    } else {
+        RegistryAuth::Basic(answer.username, answer.secret)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_keys_match_by_host() {
+        assert_eq!(
+            server_host("https://index.docker.io/v1/"),
+            "index.docker.io"
+        );
+        assert_eq!(server_host("127.0.0.1:5000"), "127.0.0.1:5000");
+    }
+}

@@ -107,10 +107,12 @@ fn the_kubernetes_files_drain_probe_and_scrape_as_the_worker_needs() {
     assert_eq!(&keda["spec"]["scaleTargetRef"]["name"], name);
     let trigger = &keda["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "aws-cloudwatch");
-    let expression = trigger["metadata"]["expression"].as_str().unwrap();
-    for arn in config.activities.iter().map(|activity| &activity.arn) {
-        assert!(expression.contains(arn.as_str()), "{expression}");
-    }
+    assert_eq!(trigger["metadata"]["namespace"], "AWS/States");
+    assert_eq!(trigger["metadata"]["dimensionName"], "ActivityArn");
+    assert_eq!(
+        trigger["metadata"]["dimensionValue"], config.activities[0].arn,
+        "the scaler watches the activity the worker serves"
+    );
 }
 
 #[test]

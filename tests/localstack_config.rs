@@ -320,6 +320,19 @@ async fn guests_read_their_own_secrets_and_parameters_refreshed_and_never_logged
     tokio::time::sleep(Duration::from_secs(5)).await;
     let kept = quote(&client, &machines[0], &log_so_far).await;
     assert_eq!(kept["api_key"], rotated, "{kept}");
+    // A reload that changes the activity but not its [activity.config] keeps the fetched
+    // values: it applies (the secret is still gone) and tasks still see the last key.
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    assert!(text.contains("max_concurrency = 2"), "{text}");
+    std::fs::write(
+        &config_path,
+        text.replacen("max_concurrency = 2", "max_concurrency = 3", 1),
+    )
+    .unwrap();
+    send_signal("HUP", pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept = quote(&client, &machines[0], &log_so_far).await;
+    assert_eq!(kept["api_key"], rotated, "{kept}");
     let metrics = scrape();
     assert!(
         metrics.contains("sfn_worker_config_secret_fetches_total{")
@@ -348,6 +361,11 @@ async fn guests_read_their_own_secrets_and_parameters_refreshed_and_never_logged
     assert!(
         log.contains("DEBUG"),
         "the worker did not log at debug:\n{log}"
+    );
+    assert!(!log.contains("reload refused"), "{log}");
+    assert!(
+        log.contains("activity updated"),
+        "the second reload did not apply:\n{log}"
     );
     for value in [&a_key, &a_rotated, &b_key, &b_rotated, &c_key] {
         for (what, text) in [("the worker's log", &log), ("its metrics", &metrics)]

@@ -132,7 +132,7 @@ async fn push_prints_the_digest_and_pulls_by_digest_and_tag_are_verified_and_cac
     assert!(!refused.status.success());
 
     let cache = tempfile::tempdir().unwrap();
-    let components = ComponentRegistry::new(Some(cache.path()), &[]);
+    let components = ComponentRegistry::new(Some(cache.path()), &[]).unwrap();
     let reference = OciReference::parse(&by_digest).unwrap();
     let file = components.pull(&reference).await.unwrap();
     let original = std::fs::read(guest_path("rust-order")).unwrap();

@@ -116,7 +116,7 @@ async fn reload_under_load_swaps_versions_refuses_what_cannot_apply_and_loses_no
     let trigger = worker.reload_with(ReloadSource {
         runtime,
         read_config: Box::new(move || Config::load(&read_path)),
-        registry: Arc::new(sfn_wasm_worker::registry::ComponentRegistry::new(None, &[])),
+        registry: Arc::new(sfn_wasm_worker::registry::ComponentRegistry::new(None, &[]).unwrap()),
         clients,
     });
     let metrics = worker.metrics();

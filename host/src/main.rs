@@ -114,6 +114,10 @@ enum Command {
         component: PathBuf,
         /// Where to: oci://REGISTRY/REPOSITORY:TAG
         reference: String,
+        /// Reach the registry over plain http (as `[worker] insecure_registries` does; loopback
+        /// registries always are)
+        #[arg(long)]
+        insecure: bool,
     },
     /// Start a new guest project: a working handler, its build command and a sample input
     New {
@@ -238,7 +242,8 @@ fn main() -> ExitCode {
         Command::Push {
             component,
             reference,
-        } => runtime.block_on(push(&component, &reference, &cli.global)),
+            insecure,
+        } => runtime.block_on(push(&component, &reference, insecure, &cli.global)),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
@@ -330,7 +335,7 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let registry = Arc::new(ComponentRegistry::new(
         cache.directory().as_deref(),
         &config.worker.insecure_registries,
-    ));
+    )?);
     registry.pull_all(&mut config).await.with_context(source)?;
     let config = config.validate().with_context(source)?;
     let runtime = Arc::new(Runtime::new(&config.engine_settings(cache))?);
@@ -488,12 +493,21 @@ fn new_project(language: Language, name: &str, parent: &Path) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// `push`: checks the component as `check` does, pushes it, prints the reference by digest.
-async fn push(component: &Path, reference: &str, global: &GlobalArgs) -> Result<ExitCode> {
+/// `push`: checks the component against the world, pushes it, prints the reference by digest.
+async fn push(
+    component: &Path,
+    reference: &str,
+    insecure: bool,
+    global: &GlobalArgs,
+) -> Result<ExitCode> {
     let reference = OciReference::parse(reference).map_err(anyhow::Error::msg)?;
     let runtime = one_task_runtime(global, DEFAULT_MEMORY_LIMIT)?;
     runtime.load(component)?;
-    let registry = ComponentRegistry::new(None, &[]);
+    let insecure: Vec<String> = insecure
+        .then(|| reference.registry.clone())
+        .into_iter()
+        .collect();
+    let registry = ComponentRegistry::new(None, &insecure)?;
     let pinned = registry.push(component, &reference).await?;
     eprintln!(
         "pushed {} as {reference}; put this in the activity's `component`:",

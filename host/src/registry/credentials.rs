@@ -1,8 +1,8 @@
 //! A registry's credentials, read as `docker` and `wkg` read them: the docker config file
 //! (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`): a credential helper named for
 //! the registry in `credHelpers`, else the `credsStore` helper, else its `auths` entry
-//! (`auth` = base64 of `user:password`, or `username`/`password`, or an `identitytoken`);
-//! anonymous when none names the registry. A helper is run as `docker-credential-NAME get`
+//! (`auth` = base64 of `user:password`, or `username`/`password`; an `identitytoken`, a
+//! refresh token, is refused naming it); anonymous when none names the registry. A helper is run as `docker-credential-NAME get`
 //! with the registry on its stdin.
 
 use anyhow::{bail, Context as _, Result};
@@ -83,8 +83,13 @@ pub fn for_registry(registry: &str) -> Result<RegistryAuth> {
     let Some(entry) = entry else {
         return Ok(RegistryAuth::Anonymous);
     };
-    if let Some(token) = &entry.identitytoken {
-        return Ok(RegistryAuth::Bearer(token.clone()));
+    if entry.identitytoken.is_some() {
+        bail!(
+            "the docker config {}: auths.{registry} holds an identity token (a refresh token), \
+             which this worker does not exchange; log in with a user and password or token \
+             (docker login -u ... {registry}) or use a credential helper",
+            path.display()
+        );
     }
     if let (Some(user), Some(password)) = (&entry.username, &entry.password) {
         return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
@@ -150,11 +155,13 @@ fn from_helper(name: &str, registry: &str) -> Result<Option<RegistryAuth>> {
     }
     let answer: HelperAnswer = serde_json::from_slice(&output.stdout)
         .map_err(|_| anyhow::anyhow!("{program} answered something other than its JSON"))?;
-    Ok(Some(if answer.username == "<token>" {
-        RegistryAuth::Bearer(answer.secret)
-    } else {
-        RegistryAuth::Basic(answer.username, answer.secret)
-    }))
+    if answer.username == "<token>" {
+        bail!(
+            "{program} gave an identity token (a refresh token) for {registry}, which this \
+             worker does not exchange; give it a user and password or token instead"
+        );
+    }
+    Ok(Some(RegistryAuth::Basic(answer.username, answer.secret)))
 }
 
 #[cfg(test)]

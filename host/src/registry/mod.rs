@@ -10,8 +10,9 @@
 //!
 //! The layer's SHA-256 is checked against the manifest before the file is used, and the
 //! manifest's digest against the one asked for. Pulled components are kept under the cache
-//! directory by manifest digest (`components/sha256-HEX.wasm`): a restart, or a second
-//! activity with the same digest, pulls nothing; their compiled artefacts are cached as any
+//! directory by manifest digest (`components/sha256-HEX.wasm`, its layer digest beside it and
+//! checked again at each use): a restart, or a second activity with the same digest, pulls
+//! nothing; their compiled artefacts are cached as any
 //! component's. A registry on loopback is reached over http (as docker does); any other over
 //! https unless `[worker] insecure_registries` lists it.
 
@@ -31,37 +32,32 @@ use std::path::{Path, PathBuf};
 /// Pulls and pushes components; keeps what it pulled in its directory.
 pub struct ComponentRegistry {
     dir: PathBuf,
-    /// Removes `dir` when dropped (when no cache directory was given).
-    temporary: bool,
+    /// The process's own directory when no cache directory was given (removed when dropped).
+    _temporary: Option<tempfile::TempDir>,
     insecure: Vec<String>,
-}
-
-impl Drop for ComponentRegistry {
-    fn drop(&mut self) {
-        if self.temporary {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 impl ComponentRegistry {
     /// Keeps pulled components under `cache_dir/components` (or in a directory of this
     /// process's, removed when it ends, without a cache directory); `insecure` lists the
     /// registries (`host:port`) reached over http besides loopback ones.
-    pub fn new(cache_dir: Option<&Path>, insecure: &[String]) -> ComponentRegistry {
+    /// Fails only if that directory of its own cannot be made.
+    pub fn new(cache_dir: Option<&Path>, insecure: &[String]) -> Result<ComponentRegistry> {
         let (dir, temporary) = match cache_dir {
-            Some(dir) => (dir.join("components"), false),
-            None => (
-                std::env::temp_dir()
-                    .join(format!("sfn-wasm-worker-{}-components", std::process::id())),
-                true,
-            ),
+            Some(dir) => (dir.join("components"), None),
+            None => {
+                let temporary = tempfile::Builder::new()
+                    .prefix("sfn-wasm-worker-components-")
+                    .tempdir()
+                    .context("making a directory for pulled components")?;
+                (temporary.path().to_path_buf(), Some(temporary))
+            }
         };
-        ComponentRegistry {
+        Ok(ComponentRegistry {
             dir,
-            temporary,
+            _temporary: temporary,
             insecure: insecure.to_vec(),
-        }
+        })
     }
 
     /// Pulls every `oci://` component of `config` and makes the activity's `component` the
@@ -87,11 +83,11 @@ impl ComponentRegistry {
 
     /// The file of the component `reference` names, pulled unless kept already.
     pub async fn pull(&self, reference: &OciReference) -> Result<PathBuf> {
-        let auth = credentials::for_registry(&reference.registry)?;
         let client = self.client(&reference.registry);
         let digest = match &reference.version {
             Version::Digest(digest) => digest.clone(),
             Version::Tag(tag) => {
+                let auth = credentials::for_registry(&reference.registry)?;
                 let digest = client
                     .fetch_manifest_digest(&reference.client_reference(), &auth)
                     .await
@@ -106,10 +102,11 @@ impl ComponentRegistry {
             }
         };
         let path = self.dir.join(format!("{}.wasm", digest.replace(':', "-")));
-        if path.is_file() {
+        if self.is_cached(&path) {
             tracing::debug!(%reference, path = %path.display(), "component already pulled");
             return Ok(path);
         }
+        let auth = credentials::for_registry(&reference.registry)?;
         let pinned = reference.at_digest(&digest);
         let image = WasmClient::new(client)
             .pull(&pinned.client_reference(), &auth)
@@ -140,10 +137,9 @@ impl ComponentRegistry {
         }
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
-        let partial = path.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::write(&partial, &layer.data)
-            .and_then(|()| std::fs::rename(&partial, &path))
-            .with_context(|| format!("writing {}", path.display()))?;
+        // The layer's digest first, then the file: a file is only used beside its digest.
+        self.write_whole(&layer_digest_path(&path), actual.as_bytes())?;
+        self.write_whole(&path, &layer.data)?;
         tracing::info!(
             %reference,
             %digest,
@@ -151,6 +147,39 @@ impl ComponentRegistry {
             "component pulled"
         );
         Ok(path)
+    }
+
+    /// Whether `path` holds a pulled component whose bytes still hash to the layer digest
+    /// kept beside it (a file that does not is removed, and pulled again).
+    fn is_cached(&self, path: &Path) -> bool {
+        let (Ok(expected), Ok(bytes)) = (
+            std::fs::read_to_string(layer_digest_path(path)),
+            std::fs::read(path),
+        ) else {
+            return false;
+        };
+        if format!("sha256:{:x}", Sha256::digest(&bytes)) == expected.trim() {
+            return true;
+        }
+        tracing::warn!(
+            path = %path.display(),
+            "a pulled component no longer matches its digest; pulling it again"
+        );
+        let _ = std::fs::remove_file(path);
+        false
+    }
+
+    /// Writes `bytes` as `path` at once: a unique temporary file in the same directory,
+    /// renamed into place (removed if that fails), so that concurrent pulls of one digest,
+    /// even by processes sharing the directory, never mix.
+    fn write_whole(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)
+            .with_context(|| format!("creating a file in {}", self.dir.display()))?;
+        std::io::Write::write_all(&mut file, bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.persist(path)
+            .map_err(|err| anyhow::anyhow!("writing {}: {}", path.display(), err.error))?;
+        Ok(())
     }
 
     /// Pushes the component at `file` to `reference` (a tag, or a digest it must match);
@@ -166,17 +195,28 @@ impl ComponentRegistry {
         })?;
         let auth = credentials::for_registry(&reference.registry)?;
         let client = WasmClient::new(self.client(&reference.registry));
-        client
+        let pushed = client
             .push(&reference.client_reference(), &auth, layer, config, None)
             .await
             .map_err(|err| match err.downcast_ref::<OciDistributionError>() {
                 Some(err) => explain(reference, err),
                 None => anyhow::anyhow!("pushing to {reference}: {err:#}"),
             })?;
-        let digest = client
-            .fetch_manifest_digest(&reference.client_reference(), &auth)
-            .await
-            .map_err(|err| explain(reference, &err))?;
+        // The manifest's location names its digest (what this push wrote, whatever the tag
+        // names by now); asked of the registry only if it does not.
+        let located = pushed
+            .manifest_url
+            .rsplit('/')
+            .next()
+            .filter(|last| last.starts_with("sha256:"))
+            .map(str::to_string);
+        let digest = match located {
+            Some(digest) => digest,
+            None => client
+                .fetch_manifest_digest(&reference.client_reference(), &auth)
+                .await
+                .map_err(|err| explain(reference, &err))?,
+        };
         Ok(reference.at_digest(&digest))
     }
 
@@ -269,4 +309,9 @@ fn explain(reference: &OciReference, err: &OciDistributionError) -> anyhow::Erro
         Trouble::Other => "see the registry's answer".into(),
     };
     anyhow::anyhow!("{reference}: {err}; {fix}")
+}
+
+/// Where the layer digest of the pulled component at `path` is kept.
+fn layer_digest_path(path: &Path) -> PathBuf {
+    path.with_extension("layer-digest")
 }

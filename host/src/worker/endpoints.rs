@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Readiness {
     /// One flag per activity served now, set once a poll of it was answered or stayed open
     /// for a second without an error.
-    polling: RwLock<Vec<Arc<AtomicBool>>>,
+    polling: RwLock<Option<Vec<Arc<AtomicBool>>>>,
     /// Cancelled when the worker starts draining.
     draining: CancellationToken,
 }
@@ -38,7 +38,7 @@ impl Readiness {
     /// The activities served from now on: ready once each one is polling (a poll answered,
     /// or open for a second without an error).
     pub fn serve(&self, polling: Vec<Arc<AtomicBool>>) {
-        *self.polling.write().unwrap() = polling;
+        *self.polling.write().unwrap() = Some(polling);
     }
 
     fn check(&self) -> Result<(), &'static str> {
@@ -46,10 +46,11 @@ impl Readiness {
         if self.draining.is_cancelled() {
             return Err("draining");
         }
-        if !self
-            .polling
-            .read()
-            .unwrap()
+        let polling = self.polling.read().unwrap();
+        let Some(polling) = polling.as_ref() else {
+            return Err("starting: readying the activities (fetching their secrets)");
+        };
+        if !polling
             .iter()
             .all(|answered| answered.load(Ordering::Relaxed))
         {

@@ -100,7 +100,17 @@ pub(crate) async fn prepare(
                 continue;
             }
         }
-        let grants = activity.grants(&config.worker);
+        let mut grants = activity.grants(&config.worker);
+        if let Some(old) = old {
+            // The same secrets, fetched with the same role: keep the store (its last values,
+            // its refresh loop), so the reload refreshes them rather than fetching anew.
+            if old.config.capabilities.config == activity.capabilities.config
+                && old.config.role_arn == activity.role_arn
+                && old.config.external_id == activity.external_id
+            {
+                grants.config = old.grants.config.clone();
+            }
+        }
         let loaded = match unchanged_component {
             Some(loaded) => loaded,
             None => {

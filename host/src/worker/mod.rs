@@ -201,9 +201,6 @@ impl Worker {
     /// when an activity's grants cannot be readied (a secret that cannot be fetched) or the
     /// metrics address cannot be listened on.
     pub async fn run(self, shutdown: CancellationToken) -> Result<StatsSnapshot> {
-        for spec in &self.specs {
-            spec.ready(&self.metrics).await?;
-        }
         let stop_endpoints = CancellationToken::new();
         let _stop_endpoints_on_return = stop_endpoints.clone().drop_guard();
         let readiness = Arc::new(Readiness::new(shutdown.clone()));
@@ -216,6 +213,20 @@ impl Worker {
                 readiness.clone(),
                 stop_endpoints.clone(),
             ));
+        }
+        // Grants readied (secrets fetched) with /healthz already served, /readyz not yet.
+        let readying = async {
+            for spec in &self.specs {
+                spec.ready(&self.metrics).await?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            readied = readying => readied?,
+            _ = shutdown.cancelled() => {
+                tracing::info!("shut down before polling (while readying the activities' grants)");
+                return Ok(WorkerStats(self.metrics.clone()).snapshot());
+            }
         }
         let shared = Arc::new(Shared {
             worker_name: self.worker_name,

@@ -12,7 +12,8 @@ mod common;
 
 use aws_sdk_sfn::types::ExecutionStatus;
 use common::localstack::{
-    create_activity, create_state_machine, unique, wait_for_execution, LocalStack, WorkerProcess,
+    create_activity, create_state_machine, succeeded_output, unique, wait_for_execution,
+    LocalStack, WorkerProcess,
 };
 use common::*;
 use serde_json::{json, Value};
@@ -314,20 +315,7 @@ async fn executions_succeed_and_fail_through_the_worker_on_localstack() {
 
 /// Runs the http-probe guest once through `machine` with `input`: what its request got.
 async fn probe(client: &aws_sdk_sfn::Client, machine: &str, input: Value) -> Value {
-    let started = client
-        .start_execution()
-        .state_machine_arn(machine)
-        .input(input.to_string())
-        .send()
-        .await
-        .unwrap();
-    let execution = wait_for_execution(client, &started.execution_arn).await;
-    assert_eq!(
-        execution.status,
-        ExecutionStatus::Succeeded,
-        "{execution:?}"
-    );
-    serde_json::from_str(execution.output.as_deref().unwrap()).unwrap()
+    succeeded_output(client, machine, &input, &String::new).await
 }
 
 /// A guest with `[activity.aws] services = ["s3", "sqs"]` and no credential of its own

@@ -9,9 +9,8 @@
 
 mod common;
 
-use aws_sdk_sfn::types::ExecutionStatus;
 use common::localstack::{
-    create_activity, create_state_machine, unique, wait_for_execution, LocalStack,
+    create_activity, create_state_machine, succeeded_output, unique, LocalStack,
 };
 use common::*;
 use serde_json::{json, Value};
@@ -69,21 +68,7 @@ fn state_machine(activity_arn: &str) -> Value {
 /// Runs one execution of `machine`: its output.
 async fn quote(client: &aws_sdk_sfn::Client, machine: &str, log: &dyn Fn() -> String) -> Value {
     let input = json!({"amount": 10, "probe": ["api_key", "rate", "region", "tenant_b_only"]});
-    let started = client
-        .start_execution()
-        .state_machine_arn(machine)
-        .input(input.to_string())
-        .send()
-        .await
-        .unwrap();
-    let execution = wait_for_execution(client, &started.execution_arn).await;
-    assert_eq!(
-        execution.status,
-        ExecutionStatus::Succeeded,
-        "{execution:?}\nworker log:\n{}",
-        log()
-    );
-    serde_json::from_str(execution.output.as_deref().unwrap()).unwrap()
+    succeeded_output(client, machine, &input, log).await
 }
 
 /// Runs `machine` until its guest reports `expected` as its `api_key` (up to `within`).

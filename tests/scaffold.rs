@@ -41,6 +41,20 @@ fn new_project(lang: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
     (parent, dir)
 }
 
+/// `npm install` in `dir`, from the cache where it can.
+fn npm_install(dir: &Path) {
+    run_in(
+        dir,
+        Command::new("npm").args([
+            "install",
+            "--prefer-offline",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+        ]),
+    );
+}
+
 /// Invokes `component` with the project's sample input and checks the greeting.
 fn assert_sample_runs(dir: &Path, component: &Path, expect: &str) {
     let output = worker_command()
@@ -71,16 +85,7 @@ fn a_new_python_project_builds_and_runs() {
 #[test]
 fn a_new_javascript_project_builds_and_runs() {
     let (_parent, dir) = new_project("js", "js-greeter");
-    run_in(
-        &dir,
-        Command::new("npm").args([
-            "install",
-            "--prefer-offline",
-            "--no-audit",
-            "--no-fund",
-            "--silent",
-        ]),
-    );
+    npm_install(&dir);
     run_in(&dir, Command::new("npm").args(["run", "--silent", "build"]));
     assert_sample_runs(&dir, &dir.join("js-greeter.wasm"), "hello, Ada");
 }
@@ -88,16 +93,7 @@ fn a_new_javascript_project_builds_and_runs() {
 #[test]
 fn a_new_typescript_project_type_checks_builds_and_runs() {
     let (_parent, dir) = new_project("ts", "ts-greeter");
-    run_in(
-        &dir,
-        Command::new("npm").args([
-            "install",
-            "--prefer-offline",
-            "--no-audit",
-            "--no-fund",
-            "--silent",
-        ]),
-    );
+    npm_install(&dir);
     // The build runs `tsc` (strict) first: a type error stops it.
     run_in(&dir, Command::new("npm").args(["run", "--silent", "build"]));
     assert_sample_runs(&dir, &dir.join("ts-greeter.wasm"), "hello, Ada");

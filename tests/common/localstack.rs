@@ -111,3 +111,28 @@ pub async fn create_state_machine(
         .unwrap()
         .state_machine_arn
 }
+
+/// Starts an execution of `machine` with `input`, waits for it, asserts that it succeeded
+/// (`context` adds to the message if not, e.g. the worker's log) and returns its output.
+pub async fn succeeded_output(
+    client: &aws_sdk_sfn::Client,
+    machine: &str,
+    input: &serde_json::Value,
+    context: &dyn Fn() -> String,
+) -> serde_json::Value {
+    let started = client
+        .start_execution()
+        .state_machine_arn(machine)
+        .input(input.to_string())
+        .send()
+        .await
+        .unwrap();
+    let execution = wait_for_execution(client, &started.execution_arn).await;
+    assert_eq!(
+        execution.status,
+        ExecutionStatus::Succeeded,
+        "{execution:?}\n{}",
+        context()
+    );
+    serde_json::from_str(execution.output.as_deref().unwrap()).unwrap()
+}

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
 use sfn_fake::{FakeSfn, TaskState};
+use sfn_wasm_worker::config::{ActivityConfig, Config};
 use sfn_wasm_worker::registry::reference::OciReference;
 use sfn_wasm_worker::registry::ComponentRegistry;
 use std::net::TcpListener;
@@ -129,10 +130,30 @@ async fn push_prints_the_digest_and_pulls_by_digest_and_tag_are_verified_and_cac
     let text = storage.path().join("not-a-component.wasm");
     std::fs::write(&text, "hello").unwrap();
     let refused = push(&text, &format!("oci://{host}/tenants/bad:v1"), None);
-    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("not a WebAssembly file"),
+        "{stderr}"
+    );
 
     let cache = tempfile::tempdir().unwrap();
     let components = ComponentRegistry::new(Some(cache.path()), &[]).unwrap();
+    // A reference that is not one is refused naming the activity, the key and the forms.
+    let arn = "arn:aws:states:us-east-1:123456789012:activity:orders";
+    let mut config = Config {
+        worker: Default::default(),
+        activities: vec![ActivityConfig::new(
+            arn.into(),
+            PathBuf::from(format!("oci://{host}/Tenants/orders:v1")),
+        )],
+    };
+    let err = format!("{:#}", components.pull_all(&mut config).await.unwrap_err());
+    assert!(
+        err.contains(arn)
+            && err.contains("key `component`")
+            && err.contains("not a repository name"),
+        "{err}"
+    );
     let reference = OciReference::parse(&by_digest).unwrap();
     let file = components.pull(&reference).await.unwrap();
     let original = std::fs::read(guest_path("rust-order")).unwrap();

@@ -653,6 +653,41 @@ mod tests {
                 vec!["[activity.aws]", "key `external_id` needs `role_arn`"],
             ),
             (
+                "a secret that is not a reference (not echoed: it may be the secret)",
+                one("[activity.config]\nsecrets = { api_key = \"sk-live-hunter2\" }"),
+                vec!["[activity.config]", "secretsmanager:NAME", "ssm:/NAME", "belongs in `values`"],
+            ),
+            (
+                "a Secrets Manager reference without a name",
+                one("[activity.config]\nsecrets = { api_key = \"secretsmanager:#key\" }"),
+                vec!["[activity.config]", "names no secret", "secretsmanager:NAME#JSON_KEY"],
+            ),
+            (
+                "a key both plain and secret",
+                one("[activity.config]\nvalues = { k = \"v\" }\nsecrets = { k = \"ssm:/k\" }"),
+                vec!["[activity.config]", "key \"k\" is in both `values` and `secrets`"],
+            ),
+            (
+                "an empty key",
+                one("[activity.config]\nvalues = { \"\" = \"v\" }"),
+                vec!["[activity.config]", "a key is empty"],
+            ),
+            (
+                "a refresh too often",
+                one("[activity.config]\nsecrets = { k = \"ssm:/k\" }\nrefresh = \"100ms\""),
+                vec!["[activity.config]", "key `refresh`", "at least 1s"],
+            ),
+            (
+                "a refresh without secrets",
+                one("[activity.config]\nvalues = { k = \"v\" }\nrefresh = \"1m\""),
+                vec!["[activity.config]", "key `refresh` is for `secrets`"],
+            ),
+            (
+                "a registry component checked before it is pulled",
+                format!("[[activity]]\narn = \"{arn}\"\ncomponent = \"oci://r.example/orders:v1\"\n"),
+                vec!["key `component`", "oci://r.example/orders:v1", "pulled from its registry"],
+            ),
+            (
                 "a pool smaller than the activities",
                 format!("[worker]\npool_tasks = 3\n{}", one("max_concurrency = 4")),
                 vec!["pool_tasks is 3", "adds up to 4"],

@@ -55,10 +55,15 @@ pub fn docker_config_path() -> Option<PathBuf> {
 /// The credentials for `registry` (`host[:port]`); the error names the file or helper that
 /// failed (never a secret).
 pub fn for_registry(registry: &str) -> Result<RegistryAuth> {
-    let Some(path) = docker_config_path().filter(|path| path.is_file()) else {
-        return Ok(RegistryAuth::Anonymous);
-    };
-    let text = std::fs::read_to_string(&path)
+    match docker_config_path().filter(|path| path.is_file()) {
+        Some(path) => from_docker_config(&path, registry),
+        None => Ok(RegistryAuth::Anonymous),
+    }
+}
+
+/// The credentials the docker config file at `path` gives `registry`.
+fn from_docker_config(path: &std::path::Path, registry: &str) -> Result<RegistryAuth> {
+    let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the docker config {}", path.display()))?;
     let config: DockerConfig = serde_json::from_str(&text).map_err(|err| {
         anyhow::anyhow!(
@@ -175,5 +180,70 @@ mod tests {
             "index.docker.io"
         );
         assert_eq!(server_host("127.0.0.1:5000"), "127.0.0.1:5000");
+    }
+
+    /// What the docker config `json` gives `registry`, or its error.
+    fn read(json: &str, registry: &str) -> Result<RegistryAuth> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        from_docker_config(&path, registry)
+    }
+
+    #[test]
+    fn auths_entries_give_basic_credentials_and_other_registries_none() {
+        let config = r#"{"auths": {"r.example:5000": {"auth": "dXNlcjpwYXNz"},
+                          "https://other.example/v1/": {"username": "u", "password": "p"}}}"#;
+        let basic = |user: &str, password: &str| RegistryAuth::Basic(user.into(), password.into());
+        assert_eq!(
+            read(config, "r.example:5000").unwrap(),
+            basic("user", "pass")
+        );
+        assert_eq!(read(config, "other.example").unwrap(), basic("u", "p"));
+        assert_eq!(
+            read(config, "third.example").unwrap(),
+            RegistryAuth::Anonymous
+        );
+    }
+
+    #[test]
+    fn a_broken_config_is_refused_naming_the_file_and_the_fix() {
+        let err = format!("{:#}", read("{not json", "r.example").unwrap_err());
+        assert!(
+            err.contains("config.json") && err.contains("not valid JSON"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            read(
+                r#"{"auths": {"r.example": {"auth": "bm8tY29sb24="}}}"#,
+                "r.example"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("auths.r.example.auth") && err.contains("docker login r.example"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            read(
+                r#"{"auths": {"r.example": {"identitytoken": "t0ken"}}}"#,
+                "r.example"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("identity token") && !err.contains("t0ken"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            read(r#"{"credsStore": "sfn-test-missing"}"#, "r.example").unwrap_err()
+        );
+        assert!(
+            err.contains("docker-credential-sfn-test-missing") && err.contains("install it"),
+            "{err}"
+        );
     }
 }

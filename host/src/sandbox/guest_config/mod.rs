@@ -316,3 +316,32 @@ async fn refresh_loop(store: Weak<ConfigStore>, activity: Arc<str>, metrics: Con
         store.refresh(&activity, &metrics).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_shows_keys_and_references_never_values() {
+        let settings = ConfigSettings {
+            values: [("region".to_string(), "eu-plain-value".to_string())].into(),
+            secrets: [(
+                "api_key".to_string(),
+                "secretsmanager:prod/api".parse().unwrap(),
+            )]
+            .into(),
+            refresh: None,
+        };
+        let store = GuestConfig::grant(&settings, &GrantContext::default()).unwrap();
+        store.publish(&[("api_key".to_string(), "sk-live-hunter2".to_string())].into());
+        let shown = format!("{store:?}");
+        assert!(
+            shown.contains("region") && shown.contains("secretsmanager:prod/api"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("eu-plain-value"),
+            "{shown}"
+        );
+    }
+}

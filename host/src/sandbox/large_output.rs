@@ -6,7 +6,7 @@
 //! the table a large output stays `Worker.OutputTooLarge`.
 
 use crate::sandbox::capability::{Capability, GrantContext, NoFlags, TaskSetup};
-use crate::sandbox::outbound::aws::HostCallFor;
+use crate::sandbox::outbound::aws::{with_retries, HostCallFor};
 use crate::sandbox::outcome::{Outcome, OUTPUT_UPLOAD_FAILED};
 use crate::sandbox::run::Task;
 use crate::sandbox::Grants;
@@ -37,9 +37,7 @@ pub struct LargeOutputGrant {
     prefix: String,
 }
 
-/// Attempts of one upload (S3's 5xx and failed connections are tried again).
-const ATTEMPTS: u32 = 3;
-/// Time one attempt may take.
+/// Time one attempt of an upload may take (S3's 5xx and failed connections are tried again).
 const ATTEMPT_TIME: Duration = Duration::from_secs(30);
 
 impl Capability for LargeOutput {
@@ -94,13 +92,11 @@ pub async fn claim_check(output: String, task: &Task, grants: &Grants) -> Outcom
     let sha256 = format!("{:x}", Sha256::digest(output.as_bytes()));
     let key = format!("{}{}.json", grant.prefix, task.task_id);
     let body = bytes::Bytes::from(output);
-    let mut failure = String::new();
-    for attempt in 1..=ATTEMPTS {
+    let uploaded = with_retries(ATTEMPT_TIME, |deadline| {
         let on_behalf_of = HostCallFor {
             activity_arn: task.activity_arn.clone(),
             task_id: task.task_id.clone(),
         };
-        let deadline = tokio::time::Instant::now() + ATTEMPT_TIME;
         let put = aws.put_object(
             &grant.bucket,
             &key,
@@ -109,34 +105,33 @@ pub async fn claim_check(output: String, task: &Task, grants: &Grants) -> Outcom
             on_behalf_of,
             deadline,
         );
-        match put.await {
-            Ok(()) => {
-                let pointer = serde_json::json!({
-                    "s3_uri": format!("s3://{}/{key}", grant.bucket),
-                    "bytes": bytes,
-                    "sha256": sha256,
-                });
-                return Outcome::Succeeded {
-                    output: pointer.to_string(),
-                };
+        async {
+            let put = put.await;
+            if let Err(failed) = &put {
+                tracing::warn!(bucket = %grant.bucket, key, "large output upload failed: {}", failed.why);
             }
-            Err(why) => {
-                tracing::warn!(attempt, bucket = %grant.bucket, key, "large output upload failed: {why}");
-                let retryable = !why.starts_with("S3 answered 4");
-                failure = why;
-                if !retryable {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 1))).await;
+            put
+        }
+    })
+    .await;
+    match uploaded {
+        Ok(()) => {
+            let pointer = serde_json::json!({
+                "s3_uri": format!("s3://{}/{key}", grant.bucket),
+                "bytes": bytes,
+                "sha256": sha256,
+            });
+            Outcome::Succeeded {
+                output: pointer.to_string(),
             }
         }
-    }
-    Outcome::failed(
-        OUTPUT_UPLOAD_FAILED,
-        format!(
-            "the guest's {bytes}-byte output could not be written to s3://{}/{key} \
-             ([activity.large_output]): {failure}",
-            grant.bucket
+        Err(failure) => Outcome::failed(
+            OUTPUT_UPLOAD_FAILED,
+            format!(
+                "the guest's {bytes}-byte output could not be written to s3://{}/{key} \
+                 ([activity.large_output]): {failure}",
+                grant.bucket
+            ),
         ),
-    )
+    }
 }

@@ -5,15 +5,14 @@
 //! and AWS's answer, never a value.
 
 use crate::sandbox::outbound::aws::endpoints::{looks_like_region, ServiceEndpoint};
-use crate::sandbox::outbound::aws::{AwsGrant, HostCall, HostCallFor};
+use crate::sandbox::outbound::aws::{with_retries, AwsGrant, Failed, HostCall, HostCallFor};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Attempts of one fetch (a 5xx answer, throttling and a failed connection are tried again).
-const ATTEMPTS: u32 = 3;
-/// Time one attempt may take.
+/// Time one attempt of a fetch may take (a 5xx answer, throttling and a failed connection are
+/// tried again).
 const ATTEMPT_TIME: Duration = Duration::from_secs(10);
 
 /// Where a secret's value is kept.
@@ -139,19 +138,16 @@ impl SecretRef {
             Source::SecretsManager { secret_id, .. } => (
                 "secretsmanager",
                 "secretsmanager.GetSecretValue",
-                serde_json::json!({ "SecretId": secret_id }),
+                serde_json::json!({ "SecretId": secret_id }).to_string(),
             ),
             Source::Ssm { name } => (
                 "ssm",
                 "AmazonSSM.GetParameter",
-                serde_json::json!({ "Name": name, "WithDecryption": true }),
+                serde_json::json!({ "Name": name, "WithDecryption": true }).to_string(),
             ),
         };
-        let mut failure = String::new();
-        for attempt in 1..=ATTEMPTS {
-            if attempt > 1 {
-                tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 2))).await;
-            }
+        let (region, payload) = (&region, &payload);
+        let body = with_retries(ATTEMPT_TIME, |deadline| async move {
             let call = HostCall {
                 endpoint: ServiceEndpoint {
                     service: service.into(),
@@ -164,35 +160,33 @@ impl SecretRef {
                     ("content-type", "application/x-amz-json-1.1"),
                     ("x-amz-target", target),
                 ],
-                body: payload.to_string().into(),
+                body: payload.clone().into(),
                 on_behalf_of: HostCallFor {
                     activity_arn: activity.clone(),
                     task_id: "config-secrets".into(),
                 },
-                deadline: tokio::time::Instant::now() + ATTEMPT_TIME,
+                deadline,
             };
-            match aws.call(call).await {
-                Ok((status, body)) if status.is_success() => return self.value_of(&body),
-                Ok((status, body)) => {
-                    let answer = error_answer(status, &body);
-                    let retryable = status.is_server_error()
-                        || answer.code.contains("Throttl")
-                        || answer.code == "TooManyRequestsException";
-                    failure = format!(
-                        "{} answered {} {}: {}",
-                        service_name(service),
-                        answer.status.as_u16(),
-                        answer.code,
-                        answer.message
-                    );
-                    if !retryable {
-                        break;
-                    }
-                }
-                Err(why) => failure = why,
+            let (status, body) = aws.call(call).await.map_err(Failed::retryable)?;
+            if status.is_success() {
+                return Ok(body);
             }
-        }
-        Err(failure)
+            let answer = error_answer(status, &body);
+            Err(Failed {
+                retryable: status.is_server_error()
+                    || answer.code.contains("Throttl")
+                    || answer.code == "TooManyRequestsException",
+                why: format!(
+                    "{} answered {} {}: {}",
+                    service_name(service),
+                    answer.status.as_u16(),
+                    answer.code,
+                    answer.message
+                ),
+            })
+        })
+        .await?;
+        self.value_of(&body)
     }
 
     /// The value in a successful answer.

@@ -2,7 +2,8 @@
 //! a large output's `PutObject` ([`crate::sandbox::large_output`]), the `[activity.config]`
 //! secrets' `GetSecretValue` and `GetParameter` ([`crate::sandbox::guest_config`]). They go
 //! out as a guest's signed calls do: to the endpoint override if one is set, through the
-//! outbound client (its vetted connections and deadline).
+//! outbound client (its vetted connections and deadline), each tried again as
+//! [`with_retries`] says.
 
 use crate::sandbox::outbound::aws::endpoints::ServiceEndpoint;
 use crate::sandbox::outbound::aws::{signing, AwsGrant};
@@ -96,7 +97,8 @@ impl AwsGrant {
         Ok((status, body))
     }
 
-    /// Writes `body` as object `key` of `bucket`; `Err` is S3's answer or the failure.
+    /// Writes `body` as object `key` of `bucket`; the failure is S3's answer (retryable
+    /// unless a 4xx) or why none came (retryable).
     pub async fn put_object(
         &self,
         bucket: &str,
@@ -105,7 +107,7 @@ impl AwsGrant {
         body: Bytes,
         on_behalf_of: HostCallFor,
         deadline: tokio::time::Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failed> {
         let endpoint = ServiceEndpoint {
             service: "s3".into(),
             region: self.region().map(str::to_string),
@@ -122,12 +124,62 @@ impl AwsGrant {
                 on_behalf_of,
                 deadline,
             })
-            .await?;
+            .await
+            .map_err(Failed::retryable)?;
         if status.is_success() {
             return Ok(());
         }
         let excerpt: String = String::from_utf8_lossy(&answer).chars().take(300).collect();
-        Err(format!("S3 answered {status}: {excerpt}"))
+        Err(Failed {
+            why: format!("S3 answered {status}: {excerpt}"),
+            retryable: !status.is_client_error(),
+        })
+    }
+}
+
+/// Attempts of one host call at most.
+const ATTEMPTS: u32 = 3;
+
+/// Why one attempt of a host call failed, and whether another may succeed.
+#[derive(Debug)]
+pub struct Failed {
+    /// The service's answer, or why none came (for the log and the task's cause).
+    pub why: String,
+    /// Whether trying again may help (a 5xx, throttling, no answer).
+    pub retryable: bool,
+}
+
+impl Failed {
+    /// A failure worth another attempt.
+    pub fn retryable(why: String) -> Failed {
+        Failed {
+            why,
+            retryable: true,
+        }
+    }
+}
+
+/// Runs `attempt` (given its deadline, `attempt_time` from its start) until it succeeds, fails
+/// for good, or has failed [`ATTEMPTS`] times, 200 ms and then 800 ms apart; `Err` is the last
+/// failure's reason.
+pub async fn with_retries<T, Fut>(
+    attempt_time: std::time::Duration,
+    mut attempt: impl FnMut(tokio::time::Instant) -> Fut,
+) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = Result<T, Failed>>,
+{
+    let mut made = 1;
+    loop {
+        match attempt(tokio::time::Instant::now() + attempt_time).await {
+            Ok(value) => return Ok(value),
+            Err(failed) if failed.retryable && made < ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(200 * 4u64.pow(made - 1)))
+                    .await;
+                made += 1;
+            }
+            Err(failed) => return Err(failed.why),
+        }
     }
 }
 
@@ -137,5 +189,45 @@ fn standard_host(endpoint: &ServiceEndpoint) -> String {
         (Some(bucket), _) => format!("{bucket}.s3.{}.amazonaws.com", endpoint.signing_region()),
         (None, Some(region)) => format!("{}.{region}.amazonaws.com", endpoint.service),
         (None, None) => format!("{}.amazonaws.com", endpoint.service),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs `with_retries` over failures `retryable[0]`, `retryable[1]`...: its result and
+    /// the attempts made.
+    async fn attempts(retryable: &[bool]) -> (Result<(), String>, usize) {
+        let made = std::cell::Cell::new(0);
+        let result = with_retries(Duration::from_secs(1), |_| {
+            let n = made.get();
+            made.set(n + 1);
+            let failed = Failed {
+                why: format!("failure {n}"),
+                retryable: retryable[n],
+            };
+            async move { Err::<(), _>(failed) }
+        })
+        .await;
+        (result, made.get())
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_are_tried_three_times_and_others_once() {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            attempts(&[true, true, true]).await,
+            (Err("failure 2".into()), 3)
+        );
+        // 200 ms and 800 ms between the attempts, none after the last.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1000) && waited < Duration::from_millis(2500),
+            "{waited:?}"
+        );
+        assert_eq!(attempts(&[false]).await, (Err("failure 0".into()), 1));
+        assert_eq!(attempts(&[true, false]).await, (Err("failure 1".into()), 2));
     }
 }

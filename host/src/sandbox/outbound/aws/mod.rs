@@ -10,7 +10,7 @@ pub mod endpoints;
 mod host_calls;
 pub mod signing;
 
-pub use host_calls::{HostCall, HostCallFor};
+pub use host_calls::{with_retries, Failed, HostCall, HostCallFor};
 
 use crate::config::units::ByteSize;
 use crate::sandbox::capability::{Capability, GrantContext, NoFlags, TaskSetup};

@@ -117,7 +117,7 @@ fn from_docker_config(path: &std::path::Path, registry: &str) -> Result<Registry
     Ok(RegistryAuth::Anonymous)
 }
 
-/// The host of an `auths` key (which may be a URL, as docker writes for Docker Hub).
+/// The host of an `auths` key (which may be a URL, as docker writes for some registries).
 fn server_host(server: &str) -> &str {
     let rest = server
         .strip_prefix("https://")
@@ -176,8 +176,8 @@ mod tests {
     #[test]
     fn auth_keys_match_by_host() {
         assert_eq!(
-            server_host("https://index.docker.io/v1/"),
-            "index.docker.io"
+            server_host("https://registry.example.com/v1/"),
+            "registry.example.com"
         );
         assert_eq!(server_host("127.0.0.1:5000"), "127.0.0.1:5000");
     }

@@ -5,7 +5,8 @@
 #   guest/build.sh rust-order ...  # just these
 #
 # Guests: rust-order, rust-fetch, rust-aws, rust-config, adversary, http-probe, versioned-1, versioned-2 (Rust), python-order, python-fetch, python-aws,
-# python-config, python-kit (componentize-py), js-order, js-fetch, js-aws, js-config, js-kit, ts-kit
+# python-config, python-cache, python-kit (componentize-py), js-order, js-fetch, js-aws, js-config,
+# js-cache, js-kit, ts-kit
 # (esbuild + jco; ts-kit is TypeScript), c-order (clang +
 # wasi-libc + wit-bindgen c).
 # The toolchains are installed by .ci/install-tools (which says why each step is as it is).
@@ -16,7 +17,7 @@ out="$repo/target/guests"
 work="$repo/target/guest-build"
 mkdir -p "$out" "$work"
 
-all=(rust-order adversary http-probe rust-fetch rust-aws rust-config versioned-1 versioned-2 python-order python-fetch python-aws python-config python-kit js-order js-fetch js-aws js-config js-kit ts-kit c-order)
+all=(rust-order adversary http-probe rust-fetch rust-aws rust-config versioned-1 versioned-2 python-order python-fetch python-aws python-config python-cache python-kit js-order js-fetch js-aws js-config js-cache js-kit ts-kit c-order)
 [ $# -gt 0 ] || set -- "${all[@]}"
 
 note() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -115,10 +116,12 @@ for guest in "$@"; do
         python-fetch) build_python python-fetch handler-http ;;
         python-aws) build_python python-aws handler-http ;;
         python-config) build_python python-config handler ;;
+        python-cache) build_python python-cache handler ;;
         js-order) build_js js-order handler ;;
         js-fetch) build_js js-fetch handler-http ;;
         js-aws) build_js js-aws handler-http ;;
         js-config) build_js js-config handler ;;
+        js-cache) build_js js-cache handler ;;
         ts-kit) build_js ts-kit handler-http ;;
         python-kit) build_python python-kit handler ;;
         js-kit) build_js js-kit handler ;;

@@ -162,3 +162,74 @@ async fn fetch_examples_call_an_allowed_service_and_fail_on_a_denied_one() {
     }
     assert_eq!(service.requests(), 6);
 }
+
+/// The caching examples (README "Instances"): with `instance_reuse` the catalogue is built
+/// by an instance's first task and cached for its later ones; with a fresh instance per
+/// task every task builds it. Both give the same prices.
+#[tokio::test]
+async fn caching_examples_keep_their_catalogue_in_a_warm_instance_only() {
+    use sfn_wasm_worker::sandbox::{InstancePolicy, Instances, TaskHandler};
+    for name in ["python-cache", "js-cache"] {
+        let make = |reuse| {
+            Instances::new(
+                guest(name),
+                format!("arn:aws:states:us-east-1:123456789012:activity:{name}-{reuse}").into(),
+                limits(),
+                Grants::default(),
+                InstancePolicy {
+                    reuse,
+                    ..InstancePolicy::default()
+                },
+            )
+        };
+        let (warm, fresh) = (make(5), make(1));
+        let mut seen = Vec::new();
+        for (instances, sku) in [
+            (&warm, "SKU-7"),
+            (&warm, "SKU-7"),
+            (&warm, "SKU-19999"),
+            (&fresh, "SKU-7"),
+            (&fresh, "SKU-7"),
+        ] {
+            let (task, _) = task(&json!({"sku": sku, "quantity": 3}).to_string());
+            let (TaskEnd::Report(outcome), _) =
+                instances.run(task, &limits(), &Grants::default()).await
+            else {
+                panic!("{name}: abandoned");
+            };
+            let output = expect_success(&outcome);
+            let (total, unit) = (
+                output["total"].as_f64().unwrap(),
+                output["unit_price"].as_f64().unwrap(),
+            );
+            assert!((total - unit * 3.0).abs() < 1e-9, "{name}: {output}");
+            seen.push((
+                output["catalogue"].as_str().unwrap().to_string(),
+                output["tasks_served"].as_u64().unwrap(),
+                output["unit_price"].clone(),
+            ));
+        }
+        let states: Vec<(&str, u64)> = seen
+            .iter()
+            .map(|(state, served, _)| (state.as_str(), *served))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("built", 1),
+                ("cached", 2),
+                ("cached", 3),
+                ("built", 1),
+                ("built", 1)
+            ],
+            "{name}"
+        );
+        assert_eq!(seen[0].2, seen[3].2, "{name}: the price of SKU-7 changed");
+        let (task, _) = task(&json!({"sku": "nope"}).to_string());
+        let (TaskEnd::Report(outcome), _) = warm.run(task, &limits(), &Grants::default()).await
+        else {
+            panic!("{name}: abandoned");
+        };
+        expect_failure(&outcome, "Catalogue.UnknownSku");
+    }
+}

@@ -104,16 +104,64 @@ async fn concurrency_is_bounded_and_a_poll_always_holds_a_free_slot() {
     }
     worker.stop().await;
     assert!(fake.max_running(&arn) >= 2, "tasks never overlapped");
+    // The fake counts a task from its hand-out to its report: the 3 slots' guests, and at
+    // most 3 reports in flight after their guests freed their slots.
     assert!(
-        fake.max_running(&arn) <= 3,
-        "ran {} tasks at once",
+        fake.max_running(&arn) <= 6,
+        "{} tasks handed out and unreported at once",
         fake.max_running(&arn)
     );
-    // Open polls plus running tasks never exceeded the slots: no task is ever held unstarted.
+    // Open polls plus running guests never exceeded the slots (plus the reports' bound):
+    // no task is ever held unstarted.
     assert!(
-        fake.max_busy(&arn) <= 3,
+        fake.max_busy(&arn) <= 6,
         "{} polls+tasks at once",
         fake.max_busy(&arn)
+    );
+}
+
+/// A task's slot is freed when its guest ends, not when its report lands: the next task is
+/// polled for and run while the report is in flight; and reports in flight are bounded by
+/// `max_concurrency` (a slow Step Functions holds the slots back instead of piling up).
+#[tokio::test]
+async fn the_slot_is_freed_when_the_guest_ends_and_reports_in_flight_are_bounded() {
+    let fake = FakeSfn::start().await;
+    let arn = fake.create_activity("slot-before-report");
+    fake.inject(
+        Op::SendTaskSuccess,
+        Fault::Slow(Duration::from_millis(600)),
+        3,
+    );
+    let tokens: Vec<String> = (0..3)
+        .map(|i| fake.enqueue(&arn, &json!({"behaviour": "echo", "i": i}).to_string()))
+        .collect();
+    let mut config = activity(&arn, "adversary");
+    config.max_concurrency = 1;
+    let worker = start_worker(&fake, vec![config], WAIT).await;
+    for token in &tokens {
+        assert!(matches!(
+            fake.wait_for_result(token, WAIT).await,
+            TaskState::Succeeded(_)
+        ));
+    }
+    let stats = worker.stop().await;
+    assert_eq!(stats.report_errors, 0, "{stats:?}");
+    let [first, second, third] = [0, 1, 2].map(|i| fake.task(&tokens[i]));
+    let (first_reported, second_handed_out, third_handed_out) = (
+        first.ended_at.unwrap(),
+        second.handed_out_at.unwrap(),
+        third.handed_out_at.unwrap(),
+    );
+    assert!(
+        second_handed_out < first_reported,
+        "the second task waited for the first one's report: handed out {:?} after it",
+        second_handed_out - first_reported
+    );
+    // With one slot, one report in flight: the second task's guest ends and waits (holding
+    // the slot) for the first report, so the third is polled for only after it.
+    assert!(
+        third_handed_out >= first_reported,
+        "a third task was taken while two reports were in flight"
     );
 }
 
@@ -720,9 +768,9 @@ async fn answers_that_break_the_api_lose_no_task_and_no_slot() {
         other => panic!("expected Task.InvalidInput, got {other:?}"),
     }
     // Both slots are still there: two sleeping tasks overlap.
-    let sleepers: Vec<String> = (0..2)
-        .map(|_| fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 600}).to_string()))
-        .collect();
+    let sleepers: [String; 2] = std::array::from_fn(|_| {
+        fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 600}).to_string())
+    });
     for token in &sleepers {
         fake.wait_for_result(token, WAIT).await;
     }
@@ -730,6 +778,64 @@ async fn answers_that_break_the_api_lose_no_task_and_no_slot() {
     for token in [&echo, &not_json].into_iter().chain(&sleepers) {
         assert!(fake.task(token).reports >= 1);
     }
-    assert_eq!(fake.max_running(&arn), 2, "a slot was lost");
+    // Both slots are there: the two 600 ms sleepers were handed out together, not one
+    // after the other's guest had ended.
+    let handed_out = sleepers
+        .each_ref()
+        .map(|token| fake.task(token).handed_out_at.unwrap());
+    let apart = handed_out[0].max(handed_out[1]) - handed_out[0].min(handed_out[1]);
+    assert!(
+        apart < Duration::from_millis(300),
+        "a slot was lost: the sleepers ran {apart:?} apart"
+    );
     assert_eq!(stats.report_errors, 0, "{stats:?}");
+}
+
+/// `instance_reuse` through the worker: one slot's tasks share a warm instance up to the
+/// limit (its module state counts them), another activity of the same component never
+/// sees it, and a trap drops it; every task is still reported once.
+#[tokio::test]
+async fn warm_instances_serve_their_activitys_tasks_in_turn_up_to_instance_reuse() {
+    let fake = FakeSfn::start().await;
+    let (warm_arn, other_arn) = (fake.create_activity("warm"), fake.create_activity("other"));
+    let count = json!({"behaviour": "count"}).to_string();
+    let inputs = [
+        &count,
+        &count,
+        &count,
+        &count,
+        &json!({"behaviour": "panic"}).to_string(),
+        &count,
+    ];
+    let mut warm = activity(&warm_arn, "adversary");
+    warm.max_concurrency = 1;
+    warm.instance_reuse = Some(3);
+    let mut other = activity(&other_arn, "adversary");
+    other.max_concurrency = 1;
+    other.instance_reuse = Some(3);
+    let worker = start_worker(&fake, vec![warm, other], WAIT).await;
+    let mut counts = Vec::new();
+    for input in inputs {
+        let token = fake.enqueue(&warm_arn, input);
+        match fake.wait_for_result(&token, WAIT).await {
+            TaskState::Succeeded(output) => {
+                counts.push(output_of(&TaskState::Succeeded(output))["count"].as_u64())
+            }
+            TaskState::Failed { error, .. } => {
+                assert_eq!(error, "Wasm.Trap");
+                counts.push(None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        if counts.len() == 2 {
+            let theirs = fake.enqueue(&other_arn, &count);
+            let output = output_of(&fake.wait_for_result(&theirs, WAIT).await);
+            assert_eq!(
+                output["count"], 1,
+                "another activity saw this one's instance"
+            );
+        }
+    }
+    worker.stop().await;
+    assert_eq!(counts, [Some(1), Some(2), Some(3), Some(1), None, Some(1)]);
 }

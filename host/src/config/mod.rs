@@ -10,7 +10,8 @@ pub mod units;
 
 use crate::sandbox::capability::GrantContext;
 use crate::sandbox::engine::{CacheSetting, EngineSettings};
-use crate::sandbox::{CapabilitySettings, Grants, TaskLimits};
+use crate::sandbox::limits::READY_SANDBOXES;
+use crate::sandbox::{CapabilitySettings, Grants, InstancePolicy, TaskLimits};
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -112,6 +113,14 @@ pub struct ActivityConfig {
     pub memory_limit: Option<ByteSize>,
     /// Send SendTaskHeartbeat for every in-flight task at this interval (default: off).
     pub heartbeat_interval: Option<HumanDuration>,
+    /// Tasks one instance of the component serves, one after another (default 1: a fresh
+    /// instance per task); see [`crate::sandbox::instances`].
+    pub instance_reuse: Option<u32>,
+    /// How long an instance kept for reuse waits for a task before it is dropped
+    /// (default 60s; with `instance_reuse` over 1).
+    pub instance_idle_timeout: Option<HumanDuration>,
+    /// Fresh instances made ahead of the activity's tasks (default 1; 0 for none).
+    pub ready_instances: Option<u32>,
     /// An IAM role to call Step Functions with for this activity (e.g. in a tenant's
     /// account), assumed with the worker's own credentials (default: the worker's own).
     pub role_arn: Option<String>,
@@ -141,6 +150,9 @@ impl ActivityConfig {
             timeout: None,
             memory_limit: None,
             heartbeat_interval: None,
+            instance_reuse: None,
+            instance_idle_timeout: None,
+            ready_instances: None,
             role_arn: None,
             external_id: None,
             capabilities: CapabilitySettings::default(),
@@ -199,12 +211,55 @@ impl ActivityConfig {
                 bail!("key `heartbeat_interval` must be at least 1s");
             }
         }
+        self.check_instance_policy()?;
         if let Some(role) = &self.role_arn {
             validate_role_arn(role).context("key `role_arn`")?;
         } else if self.external_id.is_some() {
             bail!("key `external_id` needs `role_arn`: it is sent when assuming that role");
         }
         self.capabilities.validate()
+    }
+
+    fn check_instance_policy(&self) -> Result<()> {
+        let policy = self.instance_policy();
+        if policy.reuse == 0 {
+            bail!(
+                "key `instance_reuse` must be at least 1 (1 is a fresh instance per task, \
+                 N lets one instance serve N tasks one after another)"
+            );
+        }
+        if policy.ready > self.max_concurrency.min(READY_SANDBOXES) {
+            bail!(
+                "key `ready_instances` is {} but may be at most max_concurrency ({}) and \
+                 {READY_SANDBOXES} (the sandboxes reserved for ready instances)",
+                policy.ready,
+                self.max_concurrency
+            );
+        }
+        if let Some(HumanDuration(idle)) = self.instance_idle_timeout {
+            if policy.reuse == 1 {
+                bail!(
+                    "key `instance_idle_timeout` needs `instance_reuse` over 1: with a fresh \
+                     instance per task no instance waits for a task"
+                );
+            }
+            if idle < Duration::from_millis(100) {
+                bail!("key `instance_idle_timeout` must be at least 100ms");
+            }
+        }
+        Ok(())
+    }
+
+    /// How its tasks get their instances.
+    pub fn instance_policy(&self) -> InstancePolicy {
+        let defaults = InstancePolicy::default();
+        InstancePolicy {
+            reuse: self.instance_reuse.unwrap_or(defaults.reuse),
+            idle_timeout: self
+                .instance_idle_timeout
+                .map_or(defaults.idle_timeout, |t| t.0),
+            ready: self.ready_instances.unwrap_or(defaults.ready),
+        }
     }
 
     /// The per-task limits.
@@ -487,6 +542,9 @@ mod tests {
             timeout = "30s"
             memory_limit = "64MiB"
             heartbeat_interval = "20s"
+            instance_reuse = 50
+            instance_idle_timeout = "2m"
+            ready_instances = 0
             [activity.wasi]
             env = { REGION = "eu-west-1" }
             [activity.outbound]
@@ -503,6 +561,14 @@ mod tests {
         let activity = &config.activities[0];
         assert_eq!(activity.component, dir.path().join("orders.wasm"));
         assert_eq!(activity.limits().timeout, Duration::from_secs(30));
+        assert_eq!(
+            activity.instance_policy(),
+            InstancePolicy {
+                reuse: 50,
+                idle_timeout: Duration::from_secs(120),
+                ready: 0
+            }
+        );
         assert_eq!(activity.limits().memory_limit, 64 << 20);
         assert_eq!(
             activity.heartbeat_interval.unwrap().0,
@@ -606,6 +672,22 @@ mod tests {
             ),
             ("a duration that is not one", one("timeout = \"soon\""), vec!["invalid duration \"soon\""]),
             ("more pollers than slots", one("max_concurrency = 2\npollers = 3"), vec!["key `pollers`"]),
+            ("no instance at all", one("instance_reuse = 0"), vec!["key `instance_reuse` must be at least 1", "fresh instance per task"]),
+            (
+                "more ready instances than slots",
+                one("max_concurrency = 2\nready_instances = 3"),
+                vec!["key `ready_instances` is 3", "max_concurrency (2)"],
+            ),
+            (
+                "an idle timeout without reuse",
+                one("instance_idle_timeout = \"5m\""),
+                vec!["key `instance_idle_timeout` needs `instance_reuse` over 1"],
+            ),
+            (
+                "a too short idle timeout",
+                one("instance_reuse = 10\ninstance_idle_timeout = \"1ms\""),
+                vec!["key `instance_idle_timeout` must be at least 100ms"],
+            ),
             ("a word as a number", one("max_concurrency = \"four\""), vec!["worker.toml", "max_concurrency"]),
             ("a negative number", one("pollers = -1"), vec!["worker.toml", "pollers"]),
             ("a number as a duration", one("timeout = 30"), vec!["worker.toml", "timeout"]),

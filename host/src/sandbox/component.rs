@@ -1,6 +1,7 @@
 //! Components loaded once, checked against the `sfn:activity/handler` world and
 //! pre-instantiated ([`Guest`], made by [`crate::sandbox::Runtime`]): each task runs in a
-//! fresh store of one.
+//! fresh store of one ([`crate::sandbox::Instances`] keeps ready and warm ones for an
+//! activity).
 
 use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::capability::Grants;
@@ -12,6 +13,7 @@ use crate::sandbox::store::TaskState;
 use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// The world every guest must implement, as named in `wit/`.
 pub const WORLD: &str = "sfn:activity/handler@0.1.0";
@@ -26,18 +28,42 @@ pub struct Guest {
     pre: HandlerPre<TaskState>,
     /// Keeps the epoch ticker running for as long as the guest can run tasks.
     ticks: EpochTicker,
+    /// The engine's sandboxes for ready instances ([`crate::sandbox::instances`]).
+    ready_sandboxes: Arc<Semaphore>,
 }
 
 impl Guest {
     /// A guest of the component at `path`, pre-instantiated as `pre`; `ticks` keeps the
-    /// epoch ticker running for as long as it may run tasks.
-    pub(crate) fn new(path: &Path, pre: HandlerPre<TaskState>, ticks: EpochTicker) -> Guest {
+    /// epoch ticker running for as long as it may run tasks; its ready instances use
+    /// `ready_sandboxes`.
+    pub(crate) fn new(
+        path: &Path,
+        pre: HandlerPre<TaskState>,
+        ticks: EpochTicker,
+        ready_sandboxes: Arc<Semaphore>,
+    ) -> Guest {
         Guest {
             path: path.into(),
             artefact: None,
             pre,
             ticks,
+            ready_sandboxes,
         }
+    }
+
+    /// The pre-instantiated component.
+    pub(crate) fn pre(&self) -> &HandlerPre<TaskState> {
+        &self.pre
+    }
+
+    /// The epoch ticker a running guest claims.
+    pub(crate) fn ticks(&self) -> &EpochTicker {
+        &self.ticks
+    }
+
+    /// The engine's sandboxes for ready instances.
+    pub(crate) fn ready_sandboxes(&self) -> Arc<Semaphore> {
+        self.ready_sandboxes.clone()
     }
 
     /// The same guest, known among the runtime's loaded components by `artefact`.
@@ -59,7 +85,8 @@ impl Guest {
         grants: &Grants,
     ) -> (TaskEnd, TaskStats) {
         let _ticking = self.ticks.enter();
-        run::run_task(&self.pre, task, limits, grants).await
+        let (end, stats, _) = run::run_task(&self.pre, task, limits, grants, None, 1).await;
+        (end, stats)
     }
 
     /// Instantiates the component once, as a task would, without calling `handle`: refuses

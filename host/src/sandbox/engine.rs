@@ -4,7 +4,7 @@
 
 use crate::sandbox::limits::{
     COMPONENT_INSTANCE_METADATA_BYTES, CORE_INSTANCES_PER_TASK, CORE_INSTANCE_METADATA_BYTES,
-    MEMORIES_PER_TASK, TABLES_PER_MODULE, TABLES_PER_TASK, TABLE_ELEMENTS,
+    MEMORIES_PER_TASK, READY_SANDBOXES, TABLES_PER_MODULE, TABLES_PER_TASK, TABLE_ELEMENTS,
 };
 use anyhow::{Context as _, Result};
 use std::path::PathBuf;
@@ -102,9 +102,13 @@ fn base_config() -> Config {
     config
 }
 
-/// The pool for `settings`: per task slot, exactly what one task's store may create.
+/// The pool for `settings`: per task slot and per ready sandbox, exactly what one task's
+/// store may create.
 fn pooling_config(settings: &EngineSettings) -> Result<PoolingAllocationConfig> {
-    let tasks = settings.max_concurrent_tasks.max(1);
+    let tasks = settings
+        .max_concurrent_tasks
+        .max(1)
+        .saturating_add(READY_SANDBOXES);
     let per_task = |each: u32, what: &str| {
         tasks.checked_mul(each).with_context(|| {
             format!(

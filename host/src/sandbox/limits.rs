@@ -20,6 +20,9 @@ pub const TABLE_ELEMENTS: usize = 100_000;
 pub const CORE_INSTANCE_METADATA_BYTES: usize = 8 << 20;
 /// Bytes of VM metadata one component instance may need.
 pub const COMPONENT_INSTANCE_METADATA_BYTES: usize = 1 << 20;
+/// Sandboxes the engine reserves beside the task slots for ready instances (fresh ones
+/// made ahead of tasks), shared by every activity.
+pub const READY_SANDBOXES: u32 = 16;
 /// Bytes of each of stdout and stderr kept per task.
 pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
 
@@ -66,6 +69,13 @@ impl MemoryLimiter {
             peak: 0,
             refused: None,
         }
+    }
+
+    /// Starts a later task of the same instance: its peak starts at what is held now, and
+    /// no grow was refused yet.
+    pub fn begin_task(&mut self) {
+        self.peak = self.used;
+        self.refused = None;
     }
 
     /// The most linear memory the guest held at once, in bytes.

@@ -13,6 +13,8 @@
 //!   [`large_output`] (outputs over 256 KiB to S3), [`guest_config`] (values and secrets
 //!   through wasi:config), [`host_api`] (log, heartbeat) and [`cpu_share`] (how many of an
 //!   activity's long-running guests may use a core at once);
+//! - [`instances`]: an activity's instances: fresh per task, made ready ahead of tasks, or
+//!   kept warm for later tasks (opt-in);
 //! - [`store`]: one task's store (WASI context, host state, limiter, deadline);
 //! - [`host_api`]: also the worker's controls over a running task (heartbeat, interruption);
 //! - [`output_capture`]: the bounded tails of a guest's stdout and stderr;
@@ -28,6 +30,7 @@ pub mod cpu_share;
 pub mod engine;
 pub mod guest_config;
 pub mod host_api;
+pub mod instances;
 pub mod large_output;
 pub mod limits;
 pub mod outbound;
@@ -40,6 +43,7 @@ pub mod wasi;
 
 pub use capability::{CapabilitySettings, Grants};
 pub use component::{Guest, WORLD};
+pub use instances::{InstancePolicy, Instances};
 pub use limits::TaskLimits;
 pub use outcome::{Outcome, TaskEnd};
 pub use run::{HandlerFuture, Phases, Task, TaskHandler, TaskStats};

@@ -47,6 +47,13 @@ impl TailCapture {
         tail.bytes.extend(&data[data.len() - keep..]);
     }
 
+    /// Forgets everything written so far (an instance kept for its next task).
+    pub fn clear(&self) {
+        let mut tail = self.inner.lock().unwrap();
+        tail.bytes.clear();
+        tail.total_written = 0;
+    }
+
     /// The kept tail as text (invalid UTF-8 replaced), prefixed with a note of how many
     /// earlier bytes were dropped. Empty when the guest wrote nothing.
     pub fn tail_text(&self) -> String {

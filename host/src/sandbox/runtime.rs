@@ -7,10 +7,12 @@ use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::capability::{self, Grants};
 use crate::sandbox::component::{Guest, WORLD};
 use crate::sandbox::engine::{build_engine, EngineSettings, EpochTicker};
-use crate::sandbox::limits::TaskLimits;
+use crate::sandbox::limits::{TaskLimits, READY_SANDBOXES};
 use crate::sandbox::store::TaskState;
 use anyhow::{Context as _, Result};
 use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
@@ -25,6 +27,8 @@ pub struct Runtime {
     artefacts: Artefacts,
     linker: Linker<TaskState>,
     ticker: EpochTicker,
+    /// The engine's sandboxes for ready instances, beside the task slots.
+    ready_sandboxes: Arc<Semaphore>,
 }
 
 /// One import of a component and whether this host provides it.
@@ -63,6 +67,7 @@ impl Runtime {
             settings: settings.clone(),
             linker,
             ticker,
+            ready_sandboxes: Arc::new(Semaphore::new(READY_SANDBOXES as usize)),
         })
     }
 
@@ -168,7 +173,12 @@ impl Runtime {
                 path.display()
             )
         })?;
-        Ok(Guest::new(path, pre, self.ticker.clone()))
+        Ok(Guest::new(
+            path,
+            pre,
+            self.ticker.clone(),
+            self.ready_sandboxes.clone(),
+        ))
     }
 }
 

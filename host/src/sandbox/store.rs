@@ -1,5 +1,6 @@
-//! One task's [`Store`]: every capability's per-task state, the resource table they share,
-//! the memory limiter and the deadline, built fresh for every task and dropped when it ends.
+//! One instance's [`Store`]: every capability's per-task state, the resource table they
+//! share, the memory limiter and the deadline; built fresh for a task, or for an instance
+//! that serves several (each task then swaps in its own capabilities and deadline).
 
 use crate::sandbox::capability::{TaskCapabilities, TaskUsage};
 use crate::sandbox::cpu_share::GuestCpu;
@@ -22,6 +23,15 @@ impl TaskState {
     /// a capability's host functions reach their state through.
     pub fn capabilities_and_table(&mut self) -> (&mut TaskCapabilities, &mut ResourceTable) {
         (&mut self.capabilities, &mut self.table)
+    }
+
+    /// Gives the store to its next task: that task's `capabilities` and `deadline`. The
+    /// guest's memory and resources stay; the limiter keeps counting the memory held (the
+    /// limit is the instance's, over its life) and forgets an earlier task's peak.
+    pub fn begin_task(&mut self, capabilities: TaskCapabilities, deadline: Instant) {
+        self.capabilities = capabilities;
+        self.deadline = deadline;
+        self.limiter.begin_task();
     }
 
     /// What the task has used of each capability (handles: read them after the store is

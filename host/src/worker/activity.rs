@@ -2,7 +2,7 @@
 //! reload), its slots and flags, and what every poller and task shares.
 
 use crate::config::ActivityConfig;
-use crate::sandbox::{Grants, Guest, TaskHandler, TaskLimits};
+use crate::sandbox::{Grants, Guest, Instances, TaskHandler, TaskLimits};
 use crate::worker::file_stamp::FileStamp;
 use crate::worker::metrics::Metrics;
 use crate::worker::sfn::SfnClient;
@@ -24,6 +24,9 @@ pub(crate) struct ActivitySpec {
     pub(crate) loaded: Option<(Guest, FileStamp)>,
     pub(crate) limits: TaskLimits,
     pub(crate) grants: Grants,
+    /// Bounds the reports its tasks send at once (`max_concurrency` of them): a task whose
+    /// guest has ended waits here, still holding its slot, while that many are in flight.
+    pub(crate) report_slots: Arc<Semaphore>,
 }
 
 impl ActivitySpec {
@@ -37,6 +40,7 @@ impl ActivitySpec {
         grants: Grants,
     ) -> ActivitySpec {
         ActivitySpec {
+            report_slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
             limits: config.limits(),
             grants,
             config,
@@ -48,6 +52,30 @@ impl ActivitySpec {
 }
 
 impl ActivitySpec {
+    /// The spec of `config`'s tasks run by its loaded component `guest` (its file stamped
+    /// `stamp`), whose instances are kept as its instance settings say.
+    pub(crate) fn for_guest(
+        config: ActivityConfig,
+        client: SfnClient,
+        (guest, stamp): (Guest, FileStamp),
+        grants: Grants,
+    ) -> ActivitySpec {
+        let instances = Instances::new(
+            guest.clone(),
+            config.arn.as_str().into(),
+            config.limits(),
+            grants.clone(),
+            config.instance_policy(),
+        );
+        ActivitySpec::new(
+            config,
+            client,
+            Arc::new(instances),
+            Some((guest, stamp)),
+            grants,
+        )
+    }
+
     /// Readies its grants (fetches its secrets) before its tasks run; the error names the
     /// activity.
     pub(crate) async fn ready(&self, metrics: &Metrics) -> anyhow::Result<()> {
@@ -64,7 +92,7 @@ pub(crate) struct Activity {
     pub(crate) arn: Arc<str>,
     /// What its next task runs with.
     pub(crate) spec: RwLock<Arc<ActivitySpec>>,
-    /// Its task slots: a poll holds one, then its task until reported.
+    /// Its task slots: a poll holds one, then its task until its guest has ended.
     pub(crate) slots: Arc<Semaphore>,
     /// Set when Step Functions says the activity does not exist: its pollers stop.
     pub(crate) stopped: AtomicBool,

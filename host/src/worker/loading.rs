@@ -132,11 +132,10 @@ pub(crate) async fn prepare(
             }
             _ => clients.for_activity(activity).await,
         };
-        specs.push(Arc::new(ActivitySpec::new(
+        specs.push(Arc::new(ActivitySpec::for_guest(
             activity.clone(),
             client,
-            Arc::new(loaded.0.clone()),
-            Some(loaded),
+            loaded,
             grants,
         )));
     }

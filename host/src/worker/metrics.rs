@@ -26,6 +26,17 @@ pub struct ActivityLabel {
     pub activity: String,
 }
 
+/// Labels of a task's instance: its activity and where the instance came from (`fresh`,
+/// `ready` or `warm`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// The activity's ARN.
+    pub activity: String,
+    /// `fresh` (made for the task), `ready` (made ahead of it) or `warm` (kept from an
+    /// earlier task).
+    pub instance: String,
+}
+
 /// Labels of a finished task.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
@@ -80,8 +91,12 @@ pub struct Metrics {
     pub sandbox_seconds: Seconds,
     /// The most linear memory a guest of the activity has held.
     pub guest_peak_memory: Family<ActivityLabel, Gauge>,
-    /// Tasks running now.
+    /// Tasks run, by activity and where their instance came from.
+    pub instances: Counters<InstanceLabels>,
+    /// Tasks whose guest is running now (each holds a task slot).
     pub in_flight: Family<ActivityLabel, Gauge>,
+    /// Reports being sent now: tasks whose guest has ended and freed its slot.
+    pub reports_in_flight: Family<ActivityLabel, Gauge>,
     /// Task slots neither running a task nor held by an open poll.
     pub free_slots: Family<ActivityLabel, Gauge>,
     /// Long polls open now.
@@ -123,7 +138,9 @@ impl Default for Metrics {
             task_seconds: Seconds::new_with_constructor(seconds_histogram),
             sandbox_seconds: Seconds::new_with_constructor(seconds_histogram),
             guest_peak_memory: Family::default(),
+            instances: Counters::default(),
             in_flight: Family::default(),
+            reports_in_flight: Family::default(),
             free_slots: Family::default(),
             open_polls: Family::default(),
             empty_polls: Counters::default(),
@@ -152,7 +169,9 @@ impl Default for Metrics {
             ("task_seconds", "Time from receiving a task to its report", task_seconds),
             ("sandbox_seconds", "Time a task spent in its sandbox", sandbox_seconds),
             ("guest_peak_memory_bytes", "The most linear memory a guest of the activity has held", guest_peak_memory),
-            ("tasks_in_flight", "Tasks running now", in_flight),
+            ("task_instances", "Tasks run, by where their instance came from (fresh, ready or warm)", instances),
+            ("tasks_in_flight", "Tasks whose guest is running now", in_flight),
+            ("reports_in_flight", "Reports being sent now, after their guest freed its slot", reports_in_flight),
             ("free_slots", "Task slots neither running a task nor held by an open poll", free_slots),
             ("open_polls", "GetActivityTask long polls open now", open_polls),
             ("empty_polls", "Polls answered without a task", empty_polls),

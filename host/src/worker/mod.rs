@@ -85,11 +85,10 @@ impl Worker {
             let grants = activity.grants(&config.worker);
             let (guest, stamp, seconds) = loading::load_stamped(runtime, activity, &grants)?;
             load_seconds.push(seconds);
-            specs.push(ActivitySpec::new(
+            specs.push(ActivitySpec::for_guest(
                 activity.clone(),
                 client.clone(),
-                Arc::new(guest.clone()),
-                Some((guest, stamp)),
+                (guest, stamp),
                 grants,
             ));
         }

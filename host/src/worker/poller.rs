@@ -1,10 +1,11 @@
 //! One poller: take a free slot of the activity, long-poll GetActivityTask, hand the task
-//! to its own tokio task (which keeps the slot until it has reported), repeat.
+//! to its own tokio task (which keeps the slot until its guest has ended), repeat.
 
 use crate::worker::activity::{Activity, Shared};
 use crate::worker::backoff::Backoff;
 use crate::worker::metrics::activity_label;
 use crate::worker::sfn::{ActivityTask, ApiError};
+use crate::worker::slots::TaskSlot;
 use crate::worker::task;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::Ordering;
@@ -41,11 +42,10 @@ pub(crate) async fn poll_loop(
         if stop.is_cancelled() || activity.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+        let slot = tokio::select! {
+            slot = TaskSlot::acquire(slots, &free_slots) => slot,
             _ = stop.cancelled() => return,
         };
-        free_slots.set(slots.available_permits() as i64);
         let polled = poll_once(&shared, &activity, &open_polls).await;
         let Some(polled) = polled else {
             return; // abandoned: the worker is stopping at once
@@ -64,18 +64,13 @@ pub(crate) async fn poll_loop(
                     Some(received) => {
                         let (shared, activity, spec) =
                             (shared.clone(), activity.clone(), activity.spec());
-                        let free_slots = free_slots.clone();
                         tasks.spawn(async move {
-                            task::run_task(&shared, &activity.arn, &spec, received).await;
-                            let slots = &activity.slots;
-                            drop(permit);
-                            free_slots.set(slots.available_permits() as i64);
+                            task::run_task(&shared, &activity.arn, &spec, received, slot).await;
                         });
                     }
                     None => {
                         shared.metrics.empty_polls.inc(&label);
-                        drop(permit);
-                        free_slots.set(slots.available_permits() as i64);
+                        drop(slot);
                     }
                 }
             }
@@ -95,7 +90,7 @@ pub(crate) async fn poll_loop(
                     // Access denied, a bad credential...: not polling until a poll is accepted.
                     activity.polling.store(false, Ordering::Relaxed);
                 }
-                drop(permit);
+                drop(slot);
                 let delay = backoff.next_delay();
                 log_poll_error(&activity.arn, &err, backoff.attempts(), delay);
                 tokio::select! {

@@ -141,6 +141,7 @@ impl Serving {
         for arn in removed {
             let served = self.activities.remove(&arn).expect("listed just above");
             served.removed.cancel();
+            served.activity.spec().handler.retire();
             let max = served.activity.spec().config.max_concurrency;
             self.slot_pool.resize(&served.activity.slots, max, 0);
             tracing::info!(
@@ -159,6 +160,7 @@ impl Serving {
                     if Arc::ptr_eq(&old, &spec) {
                         continue;
                     }
+                    old.handler.retire();
                     self.slot_pool.resize(
                         &served.activity.slots,
                         old.config.max_concurrency,

@@ -4,8 +4,42 @@
 //! through the pool's spare slots, so the activities never hold more than the engine
 //! reserved (a grown share waits for the shrunk one's tasks to finish).
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One of an activity's task slots, held from before a poll until the guest of the task it
+/// brought has ended (not until its report: reports have their own bound); the activity's
+/// `free_slots` gauge follows every take and release.
+pub(crate) struct TaskSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<Semaphore>,
+    free_slots: Gauge,
+}
+
+impl TaskSlot {
+    /// Waits for a free slot of `slots`.
+    pub(crate) async fn acquire(slots: &Arc<Semaphore>, free_slots: &Gauge) -> TaskSlot {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed");
+        free_slots.set(slots.available_permits() as i64);
+        TaskSlot {
+            permit: Some(permit),
+            slots: slots.clone(),
+            free_slots: free_slots.clone(),
+        }
+    }
+}
+
+impl Drop for TaskSlot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.free_slots.set(self.slots.available_permits() as i64);
+    }
+}
 
 /// The engine's task slots that no activity holds.
 pub(crate) struct SlotPool {

@@ -1,36 +1,51 @@
 //! One task's lifecycle in the worker: run it in the sandbox with its heartbeat, stop it if
-//! the drain timeout ends first, report its outcome, and log one `task finished` line.
+//! the drain timeout ends first, free its slot, report its outcome (within the activity's
+//! bound on reports in flight), and log one `task finished` line.
 
 use crate::sandbox::host_api::{Interrupt, InterruptReason};
 use crate::sandbox::{Outcome, Task, TaskEnd, TaskStats};
 use crate::worker::activity::{ActivitySpec, Shared};
 use crate::worker::heartbeat::TaskHeartbeat;
-use crate::worker::metrics::{activity_label, Metrics};
+use crate::worker::metrics::{activity_label, InstanceLabels, Metrics};
 use crate::worker::report::{report, ReportError};
 use crate::worker::sfn::ActivityTask;
+use crate::worker::slots::TaskSlot;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;
 
 /// Runs `task` of the activity `arn` to its end with `spec` (the activity's settings when
-/// the task arrived); every log line carries the activity and task id.
+/// the task arrived), in the task `slot` its poll held; every log line carries the activity
+/// and task id. The slot is freed as soon as the guest has ended: another poll can then
+/// start while this task's report is sent, one of at most `max_concurrency` reports in
+/// flight for the activity (a slow Step Functions holds the slots back, so memory stays
+/// bounded).
 pub(crate) async fn run_task(
     shared: &Shared,
     arn: &Arc<str>,
     spec: &ActivitySpec,
     task: ActivityTask,
+    slot: TaskSlot,
 ) {
     let span = tracing::info_span!("task", activity = %arn, task_id = %task.task_id());
     async {
-        shared.metrics.tasks_received.inc(&activity_label(arn));
-        let in_flight = shared
-            .metrics
-            .in_flight
-            .get_or_create_owned(&activity_label(arn));
+        let label = activity_label(arn);
+        shared.metrics.tasks_received.inc(&label);
+        let in_flight = shared.metrics.in_flight.get_or_create_owned(&label);
         in_flight.inc();
         let started = Instant::now();
         let (end, stats) = run_in_sandbox(shared, arn, spec, &task).await;
+        in_flight.dec();
         record_sandbox(&shared.metrics, arn, &stats);
+        let _report_slot = spec
+            .report_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the report semaphore is never closed");
+        drop(slot);
+        let reports_in_flight = shared.metrics.reports_in_flight.get_or_create_owned(&label);
+        reports_in_flight.inc();
         match end {
             TaskEnd::Abandoned(why) => {
                 shared.metrics.task_finished(arn, "abandoned", None);
@@ -46,11 +61,11 @@ pub(crate) async fn run_task(
                 log_reported(shared, arn, &outcome, reported, &stats, started);
             }
         }
-        in_flight.dec();
+        reports_in_flight.dec();
         shared
             .metrics
             .task_seconds
-            .get_or_create(&activity_label(arn))
+            .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
     }
     .instrument(span)
@@ -105,6 +120,10 @@ fn record_sandbox(metrics: &Metrics, activity: &str, stats: &TaskStats) {
         .observe(stats.elapsed.as_secs_f64());
     metrics.guest_memory(activity, stats.peak_memory);
     metrics.capabilities.record(activity, &stats.usage);
+    metrics.instances.inc(&InstanceLabels {
+        activity: activity.to_string(),
+        instance: stats.instance.label().to_string(),
+    });
 }
 
 /// Counts and logs a reported task: one line whatever happened to the report.

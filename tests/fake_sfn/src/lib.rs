@@ -145,6 +145,8 @@ pub struct TaskRecord {
     pub signed_by: Vec<String>,
     /// When it was queued.
     pub queued_at: Instant,
+    /// When a poll took it.
+    pub handed_out_at: Option<Instant>,
     /// When it reached a final state (succeeded, failed or timed out).
     pub ended_at: Option<Instant>,
 }
@@ -320,6 +322,7 @@ impl FakeSfn {
                 reports: 0,
                 signed_by: Vec::new(),
                 queued_at: Instant::now(),
+                handed_out_at: None,
                 ended_at: None,
             },
         );
@@ -872,6 +875,7 @@ async fn get_activity_task(state: &State, body: &Value) -> Answer {
             if let Some(token) = inner.queues.get_mut(&arn).and_then(VecDeque::pop_front) {
                 let task = inner.tasks.get_mut(&token).unwrap();
                 task.state = TaskState::Running;
+                task.handed_out_at = Some(Instant::now());
                 let input = task.input.clone();
                 *inner.running.entry(arn.clone()).or_default() += 1;
                 drop(inner);

@@ -7,6 +7,11 @@ use sfn_activity_guest::{bindings, json, Context, LogLevel, TaskError, Value};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+/// Tasks this instance has run the `count` behaviour for.
+static TASKS_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What the `hold` behaviour keeps between tasks.
+static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
 fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
     let behaviour = input["behaviour"].as_str().unwrap_or("echo").to_string();
     let number = |key: &str, default: u64| input[key].as_u64().unwrap_or(default);
@@ -123,6 +128,28 @@ fn handle(input: Value, ctx: &Context) -> Result<Value, TaskError> {
             "task_id": ctx.task_id,
             "deadline_ms": ctx.deadline_ms,
         })),
+        // Counts the tasks this instance has run (a module global: 1 in a fresh instance),
+        // writes the count to stdout and stderr, and returns it with its task context.
+        "count" => {
+            let count = TASKS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            println!("adversary: task {count} of this instance");
+            eprintln!("adversary: stderr of task {count}");
+            Ok(json!({
+                "count": count,
+                "task_id": ctx.task_id,
+                "deadline_ms": ctx.deadline_ms,
+                "held_mib": HELD.lock().unwrap().len(),
+            }))
+        }
+        // Keeps `mib` more MiB (default 1) in a module global, for later tasks of the same
+        // instance; returns the MiB held.
+        "hold" => {
+            let mut held = HELD.lock().unwrap();
+            for _ in 0..number("mib", 1) {
+                held.push(vec![1u8; 1 << 20]);
+            }
+            Ok(json!({ "held_mib": held.len() }))
+        }
         other => Err(TaskError::new("Test.UnknownBehaviour", other)),
     }
 }

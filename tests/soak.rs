@@ -3,7 +3,8 @@
 //! 5xx, responses slower than the client's attempt timeout, connection resets before and
 //! after the call reached the fake, `TaskTimedOut` on heartbeats) and guests that succeed,
 //! fail, trap, time out, exhaust their memory, flood stdout, return oversized output and
-//! heartbeat.
+//! heartbeat, alternating between an activity with a fresh instance per task and one whose
+//! instances are reused (`instance_reuse`).
 //!
 //! Pass: every task handed out is reported exactly once with the outcome its behaviour calls
 //! for, or was timed out by the fake itself (a repeated report, which Step Functions refuses,
@@ -114,7 +115,12 @@ async fn soak_with_injected_faults_loses_nothing() {
     let tasks = env_number("SOAK_TASKS", QUICK_TASKS as u64) as usize;
     let seed = env_number("SOAK_SEED", DEFAULT_SEED);
     let fake = FakeSfn::start().await;
-    let arn = fake.create_activity("soak");
+    // Two activities of the same guest and settings, tasks alternating between them: one
+    // with a fresh instance per task (and a ready one), one with warm instances.
+    let (arn, warm_arn) = (
+        fake.create_activity("soak"),
+        fake.create_activity("soak-warm"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("worker.toml");
     write_config(
@@ -134,6 +140,15 @@ async fn soak_with_injected_faults_loses_nothing() {
                 "timeout": "1s",
                 "memory_limit": "16MiB",
                 "heartbeat_interval": "1s",
+            }, {
+                "arn": warm_arn,
+                "component": path_value(&guest_path("adversary")),
+                "max_concurrency": 4,
+                "pollers": 2,
+                "timeout": "1s",
+                "memory_limit": "16MiB",
+                "heartbeat_interval": "1s",
+                "instance_reuse": 20,
             }],
         }),
     );
@@ -153,7 +168,8 @@ async fn soak_with_injected_faults_loses_nothing() {
     let started = Instant::now();
     for n in 0..tasks {
         let (behaviour, outcome) = rng.behaviour();
-        let token = fake.enqueue(&arn, &input_for(behaviour, n));
+        let activity = if n % 2 == 0 { &arn } else { &warm_arn };
+        let token = fake.enqueue(activity, &input_for(behaviour, n));
         expected.push((token, behaviour, outcome));
     }
     let finished = |fake: &FakeSfn| {

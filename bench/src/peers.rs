@@ -31,6 +31,8 @@ const LATENCIES: [Duration; 3] = [
 enum Contender {
     /// sfn-wasm-worker (the release binary) with this example guest.
     Wasm(&'static str),
+    /// The same with warm instances (`--instance-reuse`, past the run's length).
+    WasmWarm(&'static str),
     /// stepfunctions-activity-worker 1.1.3 with the Python example's code.
     PythonPeer,
     /// step-function-worker 2.1.0 with the same pricing in JavaScript.
@@ -43,6 +45,7 @@ impl Contender {
     fn label(self) -> String {
         match self {
             Contender::Wasm(guest) => format!("sfn-wasm-worker + {guest}"),
+            Contender::WasmWarm(guest) => format!("sfn-wasm-worker + {guest}, instance_reuse"),
             Contender::PythonPeer => "stepfunctions-activity-worker 1.1.3 (Python)".into(),
             Contender::NodePeer => "step-function-worker 2.1.0 (Node.js)".into(),
             Contender::Boto3 => "boto3 + threads (bench/boto3_worker.py)".into(),
@@ -54,7 +57,7 @@ impl Contender {
         let python = repo_root().join("target/bench-peers/venv/bin/python");
         let slots = concurrency.to_string();
         let mut command = match self {
-            Contender::Wasm(guest) => {
+            Contender::Wasm(guest) | Contender::WasmWarm(guest) => {
                 let mut command = Command::new(worker_binary()?);
                 command
                     .args(["run", "--activity-arn", arn, "--component"])
@@ -65,6 +68,9 @@ impl Contender {
                     .arg(repo_root().join("target/wasmtime-cache"))
                     .env("AWS_ACCESS_KEY_ID", "test")
                     .env("AWS_SECRET_ACCESS_KEY", "test");
+                if let Contender::WasmWarm(_) = self {
+                    command.args(["--instance-reuse", "1000000000"]);
+                }
                 command
             }
             Contender::PythonPeer => {
@@ -85,7 +91,7 @@ impl Contender {
                 command
             }
         };
-        if !matches!(self, Contender::Wasm(_)) {
+        if !matches!(self, Contender::Wasm(_) | Contender::WasmWarm(_)) {
             command.args([
                 "--endpoint",
                 endpoint,
@@ -125,6 +131,8 @@ pub(crate) async fn peers(tasks_at_once: usize) -> Result<()> {
         Contender::Wasm("rust-order"),
         Contender::Wasm("python-order"),
         Contender::Wasm("js-order"),
+        Contender::WasmWarm("python-order"),
+        Contender::WasmWarm("js-order"),
         Contender::PythonPeer,
         Contender::NodePeer,
         Contender::Boto3,
@@ -192,7 +200,10 @@ pub(crate) async fn peers(tasks_at_once: usize) -> Result<()> {
     }
     println!(
         "   targets: sfn-wasm-worker + rust-order ≥ 10× every peer's tasks per CPU-second; \
-         + python-order ahead of the Python peer running the same code natively"
+         + python-order ahead of the Python peer running the same code natively; with 10 ms \
+         round trips at concurrency 8, python-order and js-order with instance_reuse ≤ 2 × \
+         rust-order's CPU per task and js-order below the Node.js peer's; at concurrency 1, \
+         rust-order ≥ the Node.js peer's tasks/s"
     );
     Ok(())
 }

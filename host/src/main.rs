@@ -134,7 +134,7 @@ enum Command {
 
 /// The `run` flags that describe the one activity of `--activity-arn`: refused with `--config`,
 /// whose file describes its activities itself.
-const SINGLE_ACTIVITY_FLAGS: [&str; 7] = [
+const SINGLE_ACTIVITY_FLAGS: [&str; 9] = [
     "activity_arn",
     "component",
     "max_concurrency",
@@ -142,6 +142,8 @@ const SINGLE_ACTIVITY_FLAGS: [&str; 7] = [
     "timeout",
     "memory_limit",
     "heartbeat_interval",
+    "instance_reuse",
+    "ready_instances",
 ];
 
 #[derive(Args)]
@@ -166,6 +168,12 @@ struct RunArgs {
     /// With --activity-arn: heartbeat every in-flight task at this interval [default: off]
     #[arg(long)]
     heartbeat_interval: Option<HumanDuration>,
+    /// With --activity-arn: tasks one instance serves in turn (README "Instances") [default: 1, a fresh instance per task]
+    #[arg(long)]
+    instance_reuse: Option<u32>,
+    /// With --activity-arn: fresh instances made ahead of tasks [default: 1]
+    #[arg(long)]
+    ready_instances: Option<u32>,
     /// With --activity-arn: what the guest is granted (each capability's flags)
     #[command(flatten, next_help_heading = "What the guest is granted")]
     capabilities: CapabilityFlags,
@@ -305,6 +313,8 @@ fn run_config(args: &RunArgs) -> Result<Config> {
             activity.timeout = Some(args.limits.timeout);
             activity.memory_limit = Some(args.limits.memory_limit);
             activity.heartbeat_interval = args.heartbeat_interval;
+            activity.instance_reuse = args.instance_reuse;
+            activity.ready_instances = args.ready_instances;
             args.capabilities.clone().apply(&mut activity.capabilities);
             Config {
                 worker: Default::default(),

@@ -81,6 +81,12 @@ struct Args {
     /// Measure only these guest languages in sections 1 and 3 (e.g. `Rust,C`)
     #[arg(long, value_delimiter = ',')]
     languages: Vec<String>,
+    /// Section 7: only the workers whose label contains one of these (e.g. `rust-order,Node`)
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<String>,
+    /// Section 7: only these concurrencies (e.g. `8`)
+    #[arg(long, value_delimiter = ',')]
+    concurrencies: Vec<usize>,
 }
 
 /// Counts for one mode.
@@ -256,7 +262,7 @@ async fn run(args: Args) -> Result<()> {
         tenants::tenants(counts).await?;
     }
     if wanted(7) {
-        peers::peers(counts.peer_tasks).await?;
+        peers::peers(counts.peer_tasks, &args.workers, &args.concurrencies).await?;
     }
     if wanted(8) {
         let window = Duration::from_secs(if args.quick { 3 } else { 15 });

@@ -119,7 +119,13 @@ struct Run {
 
 /// Section 7. `tasks_at_once` is the number of tasks of a loopback run; runs with a round
 /// trip use fewer (each task waits for several).
-pub(crate) async fn peers(tasks_at_once: usize) -> Result<()> {
+/// `workers` and `concurrencies`, when not empty, keep only the contenders whose label
+/// contains one of them and only those concurrencies.
+pub(crate) async fn peers(
+    tasks_at_once: usize,
+    workers: &[String],
+    concurrencies: &[usize],
+) -> Result<()> {
     let installed = std::process::Command::new("bash")
         .arg(repo_root().join("bench/peers/install.sh"))
         .status()
@@ -127,7 +133,7 @@ pub(crate) async fn peers(tasks_at_once: usize) -> Result<()> {
     if !installed.success() {
         bail!("bench/peers/install.sh failed: {installed}");
     }
-    let contenders = [
+    let contenders: Vec<Contender> = [
         Contender::Wasm("rust-order"),
         Contender::Wasm("python-order"),
         Contender::Wasm("js-order"),
@@ -136,7 +142,15 @@ pub(crate) async fn peers(tasks_at_once: usize) -> Result<()> {
         Contender::PythonPeer,
         Contender::NodePeer,
         Contender::Boto3,
-    ];
+    ]
+    .into_iter()
+    .filter(|contender| {
+        workers.is_empty()
+            || workers
+                .iter()
+                .any(|w| contender.label().contains(w.as_str()))
+    })
+    .collect();
     for latency in LATENCIES {
         let tasks = if latency.is_zero() {
             tasks_at_once
@@ -166,9 +180,12 @@ pub(crate) async fn peers(tasks_at_once: usize) -> Result<()> {
                 "CPU/task ÷ wasm+Rust's",
             ],
         );
-        for concurrency in CONCURRENCIES {
+        for concurrency in CONCURRENCIES
+            .into_iter()
+            .filter(|c| concurrencies.is_empty() || concurrencies.contains(c))
+        {
             let mut rust_cpu = None;
-            for contender in contenders {
+            for &contender in &contenders {
                 let cells = match run(contender, concurrency, tasks, latency).await {
                     Ok(run) => {
                         let cpu = run.cpu_per_task.as_secs_f64();

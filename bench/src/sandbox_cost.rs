@@ -76,16 +76,16 @@ pub(crate) async fn sandbox_cost(
                     )
                     .await;
                 let elapsed = started.elapsed();
-                if !matches!(&end, sfn_wasm_worker::sandbox::TaskEnd::Report(o) if o.is_success())
-                {
+                if !matches!(&end, sfn_wasm_worker::sandbox::TaskEnd::Report(o) if o.is_success()) {
                     bail!("{language} guest did not succeed: {end:?}");
                 }
                 if i >= warmup {
                     samples.push(elapsed);
                     let p = stats.phases;
-                    for (phase, took) in by_phase
-                        .iter_mut()
-                        .zip([p.store, p.instantiate, p.handle, p.drop])
+                    for (phase, took) in
+                        by_phase
+                            .iter_mut()
+                            .zip([p.store, p.instantiate, p.handle, p.drop])
                     {
                         phase.push(took);
                     }

@@ -48,8 +48,14 @@ impl ActivityTask {
 /// task in logs but cannot be used to report on it.
 pub fn task_id(task_token: &str) -> String {
     use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
     let digest = Sha256::digest(task_token.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    digest[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut id, byte| {
+            let _ = write!(id, "{byte:02x}");
+            id
+        })
 }
 
 /// A failed Step Functions call, sorted by what to do about it.

@@ -27,14 +27,15 @@ pub(crate) async fn run_task(
     task: ActivityTask,
     slot: TaskSlot,
 ) {
-    let span = tracing::info_span!("task", activity = %arn, task_id = %task.task_id());
+    let task_id = task.task_id();
+    let span = tracing::info_span!("task", activity = %arn, task_id = %task_id);
     async {
         let label = activity_label(arn);
         shared.metrics.tasks_received.inc(&label);
         let in_flight = shared.metrics.in_flight.get_or_create_owned(&label);
         in_flight.inc();
         let started = Instant::now();
-        let (end, stats) = run_in_sandbox(shared, arn, spec, &task).await;
+        let (end, stats) = run_in_sandbox(shared, arn, spec, &task, task_id).await;
         in_flight.dec();
         record_sandbox(&shared.metrics, arn, &stats);
         let _report_slot = spec
@@ -79,6 +80,7 @@ async fn run_in_sandbox(
     arn: &Arc<str>,
     spec: &ActivitySpec,
     task: &ActivityTask,
+    task_id: String,
 ) -> (TaskEnd, TaskStats) {
     let interrupt = Interrupt::default();
     let heartbeat = Arc::new(TaskHeartbeat::new(
@@ -95,7 +97,7 @@ async fn run_in_sandbox(
         input: task.input.clone(),
         activity_arn: arn.clone(),
         worker_name: shared.worker_name.clone(),
-        task_id: task.task_id(),
+        task_id,
         heartbeat,
         interrupt: interrupt.clone(),
     };

@@ -1,7 +1,8 @@
 //! The benchmark suite: every figure in one run on one machine, side by side with ratios.
 //!
 //! 1. sandbox cost per task, per guest language, next to the bare-instantiate floor and a
-//!    native Rust function doing the same work;
+//!    native Rust function doing the same work; 1b by phase and by instance (fresh, ready,
+//!    warm); 1c a task's latency through the worker by instance;
 //! 2. worker throughput through the Step Functions fake at concurrency 1, 8, 64: the wasm
 //!    worker, the same worker with a native handler, a boto3 worker, and the fake's ceiling;
 //! 3. memory: RSS idle and with 64 in-flight tasks per guest language;
@@ -18,6 +19,7 @@
 
 mod cpu_share;
 mod idle;
+mod latency;
 mod localstack;
 mod memory;
 mod native;
@@ -240,6 +242,11 @@ async fn run(args: Args) -> Result<()> {
 
     if wanted(1) {
         sandbox_cost::sandbox_cost(&runtime, &guests, counts.sandbox_iterations).await?;
+        let names: Vec<(&str, &str)> = LANGUAGES
+            .into_iter()
+            .filter(|(language, _)| guests.iter().any(|(loaded, _)| loaded == language))
+            .collect();
+        latency::latency(&runtime, &names, counts.sandbox_iterations / 10).await?;
     }
     if wanted(2) {
         throughput::throughput(&guests[0].1, &counts, Duration::ZERO).await?;

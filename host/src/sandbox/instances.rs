@@ -3,7 +3,9 @@
 //!
 //! - **Ready** (`ready_instances`, default 1): fresh instances made ahead of tasks, while
 //!   the worker waits on its polls, so a task's latency excludes instantiation. Never used
-//!   before: a task given one is as isolated as with an instance made for it. Each uses one
+//!   before: a task given one is as isolated as with an instance made for it. Its start-up
+//!   runs outside the activity's CPU share (within its timeout and memory limit), so that
+//!   an instance waiting for a task is not one of the activity's running guests. Each uses one
 //!   of the engine's [`READY_SANDBOXES`](crate::sandbox::limits::READY_SANDBOXES), reserved beside the task slots, so ready instances
 //!   never take a sandbox a task needs; without a free one, none is made.
 //! - **Warm** (`instance_reuse = N`, opt-in): an instance that served a task serves up to N
@@ -206,7 +208,11 @@ async fn make_ready(pool: Weak<Pool>, sandbox: OwnedSemaphorePermit) {
     let _ticking = pool.guest.ticks().enter();
     let task = Task::placeholder(pool.activity_arn.clone(), "ready-instance");
     let deadline = Instant::now() + pool.limits.timeout;
-    let made = match Instance::new(pool.pre(), &task, &pool.limits, &pool.grants, deadline) {
+    // Outside the activity's CPU share: waiting for its task, the instance must not count
+    // as one of the activity's running guests (the share caps a computing neighbour while
+    // an activity has one).
+    let grants = run::outside_cpu_share(&pool.grants);
+    let made = match Instance::new(pool.pre(), &task, &pool.limits, &grants, deadline) {
         Ok(mut instance) => match instance.instantiate(pool.pre()).await {
             Ok(()) => Some(instance),
             Err(stop) => {

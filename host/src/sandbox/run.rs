@@ -192,9 +192,36 @@ impl Instance {
         Ok(())
     }
 
+    /// Parks it between tasks: the finished task's capabilities (its heartbeat, interrupt
+    /// and place in the CPU share) are dropped for `task`'s, a placeholder's, made with
+    /// `grants` outside any CPU share, so an idle instance neither counts as a running
+    /// guest of its activity nor holds the last task's handles.
+    pub(crate) fn park(&mut self, task: &Task, grants: &Grants) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let capabilities = grants.task_states(&TaskSetup {
+            grants,
+            task,
+            stdout: &self.stdout,
+            stderr: &self.stderr,
+            deadline,
+        })?;
+        self.store.data_mut().begin_task(capabilities, deadline);
+        self.idle_since = Instant::now();
+        Ok(())
+    }
+
     /// When it last ended a task, or was made.
     pub(crate) fn idle_since(&self) -> Instant {
         self.idle_since
+    }
+}
+
+/// `grants` with no CPU share: what a ready or parked instance's placeholder task gets, so
+/// that an instance waiting for a task is not counted as a running guest of its activity.
+pub(crate) fn outside_cpu_share(grants: &Grants) -> Grants {
+    Grants {
+        cpu: Default::default(),
+        ..grants.clone()
     }
 }
 
@@ -275,11 +302,16 @@ pub(crate) async fn run_task(
         _ => false,
     } && refused_memory.is_none()
         && facts.interrupt.is_none();
-    if reusable && instance.as_ref().is_some_and(|i| i.tasks < max_tasks) {
-        if let Some(instance) = &mut instance {
-            instance.idle_since = Instant::now();
-        }
-    } else {
+    let parked = reusable
+        && instance.as_mut().is_some_and(|i| {
+            i.tasks < max_tasks
+                && i.park(
+                    &Task::placeholder(task.activity_arn.clone(), "parked-instance"),
+                    &outside_cpu_share(grants),
+                )
+                .is_ok()
+        });
+    if !parked {
         let dropping = Instant::now();
         drop(instance.take());
         phases.drop = dropping.elapsed();

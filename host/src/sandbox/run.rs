@@ -180,14 +180,7 @@ impl Instance {
             self.stdout.clear();
             self.stderr.clear();
         }
-        let capabilities = grants.task_states(&TaskSetup {
-            grants,
-            task,
-            stdout: &self.stdout,
-            stderr: &self.stderr,
-            deadline,
-        })?;
-        self.store.data_mut().begin_task(capabilities, deadline);
+        self.give_to(task, grants, deadline)?;
         self.store.set_epoch_deadline(1);
         Ok(())
     }
@@ -197,7 +190,17 @@ impl Instance {
     /// `grants` outside any CPU share, so an idle instance neither counts as a running
     /// guest of its activity nor holds the last task's handles.
     pub(crate) fn park(&mut self, task: &Task, grants: &Grants) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        self.give_to(
+            task,
+            grants,
+            Instant::now() + Duration::from_secs(365 * 24 * 3600),
+        )?;
+        self.idle_since = Instant::now();
+        Ok(())
+    }
+
+    /// Swaps in every capability's state for `task` under `grants`, and its `deadline`.
+    fn give_to(&mut self, task: &Task, grants: &Grants, deadline: Instant) -> anyhow::Result<()> {
         let capabilities = grants.task_states(&TaskSetup {
             grants,
             task,
@@ -206,7 +209,6 @@ impl Instance {
             deadline,
         })?;
         self.store.data_mut().begin_task(capabilities, deadline);
-        self.idle_since = Instant::now();
         Ok(())
     }
 

@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use sfn_wasm_worker::sandbox::cpu_share::CpuShare;
 use sfn_wasm_worker::sandbox::host_api::InterruptReason;
 use sfn_wasm_worker::sandbox::instances::InstanceSource;
 use sfn_wasm_worker::sandbox::outcome::{OUT_OF_MEMORY, TIMEOUT, TRAP};
@@ -245,6 +246,43 @@ async fn a_retired_spec_keeps_nothing() {
     assert_eq!(warm.kept(), (0, 0));
     assert_eq!(count(&warm).await, 1);
     assert_eq!(warm.kept(), (0, 0), "a retired spec kept an instance");
+}
+
+#[tokio::test]
+async fn an_instance_waiting_for_a_task_holds_no_place_in_the_cpu_share() {
+    let share = CpuShare::cores(2);
+    let grants = Grants {
+        cpu: share.clone(),
+        ..Grants::default()
+    };
+    let waiting = Instances::new(
+        guest(ADVERSARY),
+        "arn:aws:states:us-east-1:123456789012:activity:cpu-share".into(),
+        limits(),
+        grants.clone(),
+        InstancePolicy {
+            reuse: 10,
+            ..InstancePolicy::default()
+        },
+    );
+    ready_soon(&waiting).await;
+    assert_eq!(
+        share.guests(),
+        (0, 0),
+        "a ready instance counts as a running guest"
+    );
+    // A long-running task (it computes through several epoch ticks), kept warm after it.
+    let (task, _) = task(&json!({"behaviour": "spin", "ms": 80}).to_string());
+    let (TaskEnd::Report(outcome), _) = waiting.run(task, &limits(), &grants).await else {
+        panic!("abandoned");
+    };
+    expect_success(&outcome);
+    assert_eq!(waiting.kept().1, 1, "the instance was not kept warm");
+    assert_eq!(
+        share.guests(),
+        (0, 0),
+        "a warm instance between tasks counts as a (long-running) guest"
+    );
 }
 
 /// Waits until `instances` holds a ready instance.

@@ -251,6 +251,16 @@ impl CpuShare {
     pub fn cores(cores: u32) -> CpuShare {
         CpuScheduler::new(cores as usize).share(None)
     }
+
+    /// The activity's guests alive now, and how many of them are long-running: what the
+    /// share decides on (`(0, 0)` for no share).
+    pub fn guests(&self) -> (usize, usize) {
+        self.turns.as_ref().map_or((0, 0), |turns| {
+            let mut state = turns.scheduler.state.lock().unwrap();
+            let alive = state.queue(turns.id).guests;
+            (alive, turns.long_running.load(Ordering::SeqCst))
+        })
+    }
 }
 
 impl Drop for ActivityTurns {

@@ -85,7 +85,7 @@ impl Guest {
         grants: &Grants,
     ) -> (TaskEnd, TaskStats) {
         let _ticking = self.ticks.enter();
-        let (end, stats, _) = run::run_task(&self.pre, task, limits, grants, None, 1).await;
+        let (end, stats, _) = run::run_task(&self.pre, task, limits, grants, None, None).await;
         (end, stats)
     }
 

@@ -24,7 +24,7 @@ use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::capability::Grants;
 use crate::sandbox::component::Guest;
 use crate::sandbox::limits::TaskLimits;
-use crate::sandbox::run::{self, HandlerFuture, Instance, Task, TaskHandler, TaskStats};
+use crate::sandbox::run::{self, HandlerFuture, Instance, Parking, Task, TaskHandler, TaskStats};
 use crate::sandbox::store::TaskState;
 use crate::sandbox::TaskEnd;
 use std::sync::{Arc, Mutex, Weak};
@@ -92,7 +92,8 @@ struct Pool {
     guest: Guest,
     activity_arn: Arc<str>,
     limits: TaskLimits,
-    grants: Grants,
+    /// How its instances wait for a task, made once.
+    parking: Parking,
     policy: InstancePolicy,
     /// The engine's sandboxes for ready instances, shared by every activity.
     ready_sandboxes: Arc<Semaphore>,
@@ -124,10 +125,10 @@ impl Instances {
     ) -> Instances {
         let pool = Arc::new(Pool {
             ready_sandboxes: guest.ready_sandboxes(),
+            parking: Parking::new(activity_arn.clone(), &grants, policy.reuse),
             guest,
             activity_arn,
             limits,
-            grants,
             policy,
             kept: Mutex::default(),
         });
@@ -159,17 +160,13 @@ impl Pool {
         if let Some(instance) = kept.warm.pop() {
             return (Some(instance), InstanceSource::Warm);
         }
-        let ready = kept.ready.pop();
+        // The taken instance's sandbox is released first, so that its replacement can have it.
+        let ready = kept.ready.pop().map(|(instance, _sandbox)| instance);
         drop(kept);
+        Pool::top_up_ready(self);
         match ready {
-            Some((instance, _sandbox)) => {
-                Pool::top_up_ready(self);
-                (Some(instance), InstanceSource::Ready)
-            }
-            None => {
-                Pool::top_up_ready(self);
-                (None, InstanceSource::Fresh)
-            }
+            Some(instance) => (Some(instance), InstanceSource::Ready),
+            None => (None, InstanceSource::Fresh),
         }
     }
 
@@ -206,13 +203,11 @@ async fn make_ready(pool: Weak<Pool>, sandbox: OwnedSemaphorePermit) {
         return;
     };
     let _ticking = pool.guest.ticks().enter();
-    let task = Task::placeholder(pool.activity_arn.clone(), "ready-instance");
     let deadline = Instant::now() + pool.limits.timeout;
-    // Outside the activity's CPU share: waiting for its task, the instance must not count
-    // as one of the activity's running guests (the share caps a computing neighbour while
-    // an activity has one).
-    let grants = run::outside_cpu_share(&pool.grants);
-    let made = match Instance::new(pool.pre(), &task, &pool.limits, &grants, deadline) {
+    // As it will wait for its task: outside the activity's CPU share (the share caps a
+    // computing neighbour while an activity has a running guest).
+    let Parking { task, grants, .. } = &pool.parking;
+    let made = match Instance::new(pool.pre(), task, &pool.limits, grants, deadline) {
         Ok(mut instance) => match instance.instantiate(pool.pre()).await {
             Ok(()) => Some(instance),
             Err(stop) => {
@@ -273,7 +268,7 @@ impl TaskHandler for Instances {
                 limits,
                 grants,
                 instance,
-                pool.policy.reuse,
+                Some(&pool.parking),
             )
             .await;
             stats.instance = source;

@@ -153,8 +153,8 @@ impl Instance {
         })
     }
 
-    /// Instantiates it (its start-up code runs) within its CPU share, stopped at its
-    /// deadline; `Err` says how it stopped.
+    /// Instantiates it (its start-up code runs) within its store's CPU share (none for an
+    /// instance made ahead of its task), stopped at its deadline; `Err` says how it stopped.
     pub(crate) async fn instantiate(&mut self, pre: &HandlerPre<TaskState>) -> Result<(), RunStop> {
         let deadline = self.store.data().deadline();
         let cpu = self.store.data().cpu();
@@ -186,13 +186,13 @@ impl Instance {
     }
 
     /// Parks it between tasks: the finished task's capabilities (its heartbeat, interrupt
-    /// and place in the CPU share) are dropped for `task`'s, a placeholder's, made with
-    /// `grants` outside any CPU share, so an idle instance neither counts as a running
-    /// guest of its activity nor holds the last task's handles.
-    pub(crate) fn park(&mut self, task: &Task, grants: &Grants) -> anyhow::Result<()> {
+    /// and place in the CPU share) are dropped for `parking`'s placeholder's, so an idle
+    /// instance neither counts as a running guest of its activity nor holds the last
+    /// task's handles.
+    fn park(&mut self, parking: &Parking) -> anyhow::Result<()> {
         self.give_to(
-            task,
-            grants,
+            &parking.task,
+            &parking.grants,
             Instant::now() + Duration::from_secs(365 * 24 * 3600),
         )?;
         self.idle_since = Instant::now();
@@ -218,27 +218,46 @@ impl Instance {
     }
 }
 
-/// `grants` with no CPU share: what a ready or parked instance's placeholder task gets, so
-/// that an instance waiting for a task is not counted as a running guest of its activity.
-pub(crate) fn outside_cpu_share(grants: &Grants) -> Grants {
-    Grants {
-        cpu: Default::default(),
-        ..grants.clone()
+/// How an activity's instances wait for a task (ready ones, and warm ones between tasks),
+/// made once per activity spec: a placeholder task's capabilities under the activity's
+/// grants with no CPU share (an instance waiting for a task is not one of the activity's
+/// running guests), and how many tasks a warm one may serve.
+pub(crate) struct Parking {
+    /// Tasks one instance may begin (1: none is kept after its task).
+    pub(crate) max_tasks: u32,
+    /// The placeholder task an idle instance's capabilities are made for.
+    pub(crate) task: Task,
+    /// The activity's grants without its CPU share.
+    pub(crate) grants: Grants,
+}
+
+impl Parking {
+    /// The parking of the activity `activity_arn`'s instances under `grants`, each serving
+    /// up to `max_tasks` tasks.
+    pub(crate) fn new(activity_arn: Arc<str>, grants: &Grants, max_tasks: u32) -> Parking {
+        Parking {
+            max_tasks,
+            task: Task::placeholder(activity_arn, "idle-instance"),
+            grants: Grants {
+                cpu: Default::default(),
+                ..grants.clone()
+            },
+        }
     }
 }
 
 /// Runs `task` in `instance` (a ready or warm one), or in a fresh instance of `pre`'s
-/// component made for it, and maps how it stopped to a [`TaskEnd`]. The instance comes back
-/// when it may serve a later task: the guest returned (`ok` or `err`) with no memory grow
-/// refused and no interrupt, and it has begun fewer than `max_tasks` tasks. Otherwise it is
-/// dropped here (the `drop` phase).
+/// component made for it, and maps how it stopped to a [`TaskEnd`]. With `parking`, the
+/// instance comes back, parked, when it may serve a later task: the guest returned (`ok` or
+/// `err`) with no memory grow refused and no interrupt, and it has begun fewer than
+/// `parking.max_tasks` tasks. Otherwise it is dropped here (the `drop` phase).
 pub(crate) async fn run_task(
     pre: &HandlerPre<TaskState>,
     task: Task,
     limits: &TaskLimits,
     grants: &Grants,
     instance: Option<Instance>,
-    max_tasks: u32,
+    parking: Option<&Parking>,
 ) -> (TaskEnd, TaskStats, Option<Instance>) {
     let started = Instant::now();
     let deadline = started + limits.timeout;
@@ -305,13 +324,10 @@ pub(crate) async fn run_task(
     } && refused_memory.is_none()
         && facts.interrupt.is_none();
     let parked = reusable
-        && instance.as_mut().is_some_and(|i| {
-            i.tasks < max_tasks
-                && i.park(
-                    &Task::placeholder(task.activity_arn.clone(), "parked-instance"),
-                    &outside_cpu_share(grants),
-                )
-                .is_ok()
+        && parking.is_some_and(|parking| {
+            instance
+                .as_mut()
+                .is_some_and(|i| i.tasks < parking.max_tasks && i.park(parking).is_ok())
         });
     if !parked {
         let dropping = Instant::now();

@@ -5,10 +5,7 @@ use crate::report::{percentiles, us, Table};
 use crate::{limits, native, task, ORDER};
 use anyhow::{bail, Result};
 use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Heartbeat};
-use sfn_wasm_worker::sandbox::{
-    Grants, Guest, InstancePolicy, Instances, Runtime, Task, TaskEnd, TaskHandler, TaskLimits,
-    TaskStats,
-};
+use sfn_wasm_worker::sandbox::{Grants, Guest, InstancePolicy, Instances, Runtime, TaskHandler};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,15 +57,15 @@ pub(crate) async fn sandbox_cost(
     );
     for (language, guest) in guests {
         for mode in [Mode::Fresh, Mode::Ready, Mode::Warm] {
-            let handler = mode.handler(guest);
+            let instances = mode.instances(guest);
             let mut samples = Vec::with_capacity(iterations);
             let mut by_phase: [Vec<Duration>; 4] = Default::default();
             for i in 0..warmup + iterations {
                 if mode == Mode::Ready {
-                    handler.wait_for_ready().await?;
+                    wait_for_ready(&instances).await?;
                 }
                 let started = Instant::now();
-                let (end, stats) = handler
+                let (end, stats) = instances
                     .run(
                         task(ORDER, heartbeat.clone()),
                         &limits(),
@@ -140,7 +137,7 @@ pub(crate) async fn sandbox_cost(
 /// How the tasks of a run get their instance.
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
-    /// `Guest::run`: an instance made for each task.
+    /// An instance made for each task.
     Fresh,
     /// An activity's instances with one made ready before each task (the run waits for it
     /// outside the timed part: the latency of a task that finds one).
@@ -158,57 +155,38 @@ impl Mode {
         }
     }
 
-    fn handler(self, guest: &Guest) -> Handler {
-        let policy = |reuse, ready| InstancePolicy {
-            reuse,
-            ready,
-            ..InstancePolicy::default()
+    /// The instances of `guest` for this mode (fresh: no ready instance, no reuse, as
+    /// `Guest::run` runs a task).
+    fn instances(self, guest: &Guest) -> Instances {
+        let (reuse, ready) = match self {
+            Mode::Fresh => (1, 0),
+            Mode::Ready => (1, 1),
+            Mode::Warm => (u32::MAX, 0),
         };
-        let instances = |policy| {
-            Instances::new(
-                guest.clone(),
-                "arn:aws:states:us-east-1:000000000000:activity:bench".into(),
-                limits(),
-                Grants::default(),
-                policy,
-            )
-        };
-        match self {
-            Mode::Fresh => Handler::Fresh(guest.clone()),
-            Mode::Ready => Handler::Instances(instances(policy(1, 1))),
-            Mode::Warm => Handler::Instances(instances(policy(u32::MAX, 0))),
-        }
+        Instances::new(
+            guest.clone(),
+            "arn:aws:states:us-east-1:000000000000:activity:bench".into(),
+            limits(),
+            Grants::default(),
+            InstancePolicy {
+                reuse,
+                ready,
+                ..InstancePolicy::default()
+            },
+        )
     }
 }
 
-/// What a run's tasks go to.
-enum Handler {
-    Fresh(Guest),
-    Instances(Instances),
-}
-
-impl Handler {
-    async fn run(&self, task: Task, limits: &TaskLimits, grants: &Grants) -> (TaskEnd, TaskStats) {
-        match self {
-            Handler::Fresh(guest) => guest.run(task, limits, grants).await,
-            Handler::Instances(instances) => instances.run(task, limits, grants).await,
+/// Waits until `instances` holds a ready instance.
+async fn wait_for_ready(instances: &Instances) -> Result<()> {
+    let started = Instant::now();
+    while instances.kept().0 == 0 {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("no ready instance was made within 30 s");
         }
+        tokio::time::sleep(Duration::from_micros(200)).await;
     }
-
-    /// Waits until a ready instance is there.
-    async fn wait_for_ready(&self) -> Result<()> {
-        let Handler::Instances(instances) = self else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        while instances.kept().0 == 0 {
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("no ready instance was made within 30 s");
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// A component with nothing in it but one core instance owning one 64 KiB memory.

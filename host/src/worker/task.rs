@@ -38,18 +38,12 @@ pub(crate) async fn run_task(
         let (end, stats) = run_in_sandbox(shared, arn, spec, &task, task_id).await;
         in_flight.dec();
         record_sandbox(&shared.metrics, arn, &stats);
-        // A free permit is taken at once, without an await that may yield this task to
-        // the back of the runtime's queue (tokio's cooperative budget) between its guest and
-        // its report.
-        let _report_slot = match spec.report_slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => spec
-                .report_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the report semaphore is never closed"),
-        };
+        let _report_slot = spec
+            .report_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the report semaphore is never closed");
         drop(slot);
         let reports_in_flight = shared.metrics.reports_in_flight.get_or_create_owned(&label);
         reports_in_flight.inc();

@@ -136,6 +136,13 @@ fn pooling_config(settings: &EngineSettings) -> Result<PoolingAllocationConfig> 
         // pagemap_scan, 86–141 µs with on-demand allocation.
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(64 << 10)
+        // Reuse a slot used before (another guest's, if none of this guest's is free) before
+        // a never-used one, so that the slots ever touched, each keeping the bytes above
+        // resident while unused, are about as many as were ever in use at once rather than
+        // creeping toward the whole pool (wasmtime's default keeps up to 100 unused before
+        // reusing). The soak's 10 000 tasks end with 55 MiB kept in unused slots, 60 MiB with
+        // the default.
+        .max_unused_warm_slots(0)
         .pagemap_scan(Enabled::Auto);
     Ok(pool)
 }

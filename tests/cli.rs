@@ -501,31 +501,6 @@ fn a_cache_that_cannot_be_written_is_logged_and_bypassed() {
 /// world, 100 MB of garbage behind a component header) is refused by `check`, `invoke` and
 /// `run` alike, with exit code 2 and a message naming the file; `run` refuses before any poll
 /// even when the bad component is the second of two activities.
-/// A component implementing the handler world whose core module runs `start_code` in a start
-/// function when it is instantiated (its `handle` is never reached in these tests).
-fn handler_component(start_code: &str) -> String {
-    format!(
-        r#"(component
-  (type $context' (record (field "activity-arn" string) (field "worker-name" string)
-                          (field "task-id" string) (field "deadline-ms" u64)))
-  (export $context "task-context" (type $context'))
-  (type $error' (record (field "error" string) (field "cause" string)))
-  (export $error "task-error" (type $error'))
-  (core module $guest
-    (memory (export "memory") 1)
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 64))
-    (func $start {start_code})
-    (start $start)
-    (func (export "handle") (param i32 i32 i32 i32 i32 i32 i32 i32 i64) (result i32)
-      (i32.const 0)))
-  (core instance $guest (instantiate $guest))
-  (func (export "handle") (param "input" string) (param "context" $context)
-    (result (result string (error $error)))
-    (canon lift (core func $guest "handle") (memory (core memory $guest "memory"))
-      (realloc (core func $guest "realloc")))))"#
-    )
-}
-
 #[test]
 fn bad_components_are_refused_by_check_invoke_and_run_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -330,31 +330,15 @@ async fn a_ready_instance_is_fresh_and_made_before_its_task() {
     assert_eq!(none.kept(), (0, 0));
 }
 
-/// A component whose start function traps (a handler world component written in WAT).
-const START_TRAPS: &str = r#"(component
-  (type $context' (record (field "activity-arn" string) (field "worker-name" string)
-                          (field "task-id" string) (field "deadline-ms" u64)))
-  (export $context "task-context" (type $context'))
-  (type $error' (record (field "error" string) (field "cause" string)))
-  (export $error "task-error" (type $error'))
-  (core module $guest
-    (memory (export "memory") 1)
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 64))
-    (func $start unreachable)
-    (start $start)
-    (func (export "handle") (param i32 i32 i32 i32 i32 i32 i32 i32 i64) (result i32)
-      (i32.const 0)))
-  (core instance $guest (instantiate $guest))
-  (func (export "handle") (param "input" string) (param "context" $context)
-    (result (result string (error $error)))
-    (canon lift (core func $guest "handle") (memory (core memory $guest "memory"))
-      (realloc (core func $guest "realloc")))))"#;
-
 #[tokio::test]
 async fn a_ready_instance_whose_start_up_fails_is_not_kept_and_the_task_reports_the_trap() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("start-traps.wasm");
-    std::fs::write(&path, wat::parse_str(START_TRAPS).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        wat::parse_str(handler_component("unreachable")).unwrap(),
+    )
+    .unwrap();
     let failing = Instances::new(
         runtime().load(&path).expect("it matches the world"),
         "arn:aws:states:us-east-1:123456789012:activity:start-traps".into(),

@@ -261,3 +261,29 @@ pub fn expect_success(outcome: &Outcome) -> serde_json::Value {
         other => panic!("expected success, got {other:?}"),
     }
 }
+
+/// A component implementing the handler world whose core module runs `start_code` in a start
+/// function when it is instantiated (for tests of start-up failures: its `handle` is never
+/// reached when the start code traps).
+pub fn handler_component(start_code: &str) -> String {
+    format!(
+        r#"(component
+  (type $context' (record (field "activity-arn" string) (field "worker-name" string)
+                          (field "task-id" string) (field "deadline-ms" u64)))
+  (export $context "task-context" (type $context'))
+  (type $error' (record (field "error" string) (field "cause" string)))
+  (export $error "task-error" (type $error'))
+  (core module $guest
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 64))
+    (func $start {start_code})
+    (start $start)
+    (func (export "handle") (param i32 i32 i32 i32 i32 i32 i32 i32 i64) (result i32)
+      (i32.const 0)))
+  (core instance $guest (instantiate $guest))
+  (func (export "handle") (param "input" string) (param "context" $context)
+    (result (result string (error $error)))
+    (canon lift (core func $guest "handle") (memory (core memory $guest "memory"))
+      (realloc (core func $guest "realloc")))))"#
+    )
+}

@@ -192,6 +192,9 @@ struct RunArgs {
     /// Serve /metrics, /healthz and /readyz here, e.g. 0.0.0.0:9090 (overrides `[worker] metrics_addr`) [default: off]
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep a task journal here, a file or directory on local disk, replayed after a crash (overrides `[worker] journal`) [default: none]
+    #[arg(long)]
+    journal: Option<PathBuf>,
 }
 
 /// One activity's per-task limits, for `invoke` and `run --activity-arn`.
@@ -329,6 +332,7 @@ fn run_config(args: &RunArgs) -> Result<Config> {
     worker.region = args.region.clone().or(worker.region.take());
     worker.drain_timeout = args.drain_timeout.or(worker.drain_timeout);
     worker.metrics_addr = args.metrics_addr.or(worker.metrics_addr);
+    worker.journal = args.journal.clone().or(worker.journal.take());
     Ok(config)
 }
 
@@ -337,6 +341,11 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         Some(path) => format!("config file {}", path.display()),
         None => "the --activity-arn flags".to_string(),
     };
+    // Signals first: one that comes while components load stops the worker before its
+    // first poll, cleanly.
+    let signals = shutdown::Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
+    let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(signals.cancel_on_signals(shutdown.clone(), hurry.clone()));
     let mut config = run_config(&args)?;
     let cache = CacheSetting::resolve(
         global.no_cache,
@@ -356,6 +365,9 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
             worker.use_client_for(&activity.arn, clients.for_activity(activity).await)?;
         }
     }
+    if let Some(journal) = &config.worker.journal {
+        worker.open_journal(journal)?;
+    }
     let reload = worker.reload_with(ReloadSource {
         runtime,
         read_config: Box::new(move || run_config(&args)),
@@ -363,12 +375,10 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         clients,
     });
     release_freed_memory();
-    let shutdown = CancellationToken::new();
-    let on_signals = (shutdown.clone(), worker.hurry());
+    let worker_hurry = worker.hurry();
     tokio::spawn(async move {
-        if let Err(err) = shutdown::cancel_on_signals(on_signals.0, on_signals.1).await {
-            tracing::error!(error = %err, "cannot listen for SIGTERM/SIGINT");
-        }
+        hurry.cancelled().await;
+        worker_hurry.cancel();
     });
     tokio::spawn(async move {
         if let Err(err) = reload::reload_on_sighup(reload).await {

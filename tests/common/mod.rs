@@ -154,6 +154,13 @@ impl LoggedWorker {
         assert!(status.success(), "the worker exited {status}");
         self.log.join().unwrap()
     }
+
+    /// SIGKILLs the worker (nothing of it runs after this) and returns everything it logged.
+    pub fn kill(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.log.join().unwrap()
+    }
 }
 
 /// Sends the signal `name` (e.g. `TERM`, `HUP`) to process `pid`.

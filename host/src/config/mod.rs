@@ -87,6 +87,11 @@ pub struct WorkerSection {
     /// (loopback ones always are; default: none).
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// The task journal: a file, or a directory to hold `tasks.journal`, on local disk
+    /// (e.g. a Kubernetes emptyDir); relative paths are relative to the config file
+    /// (default: none). A restarted worker reports what a killed one left in it
+    /// ([`crate::worker::journal`]).
+    pub journal: Option<PathBuf>,
 }
 
 /// `[[activity]]`: one activity, the component that handles its tasks, and one table per
@@ -323,9 +328,10 @@ impl Config {
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(cache_dir) = &mut config.worker.cache_dir {
-            if cache_dir.is_relative() {
-                *cache_dir = base.join(&*cache_dir);
+        let worker_paths = [&mut config.worker.cache_dir, &mut config.worker.journal];
+        for worker_path in worker_paths.into_iter().flatten() {
+            if worker_path.is_relative() {
+                *worker_path = base.join(&*worker_path);
             }
         }
         for activity in &mut config.activities {

@@ -116,4 +116,6 @@ pub(crate) struct Shared {
     /// Cancelled to stop draining at once: open polls are abandoned too.
     pub(crate) hurry: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
+    /// The task journal, if the worker keeps one.
+    pub(crate) journal: Option<Arc<crate::worker::journal::Journal>>,
 }

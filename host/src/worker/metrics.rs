@@ -117,6 +117,13 @@ pub struct Metrics {
     pub component_load_seconds: Family<ActivityLabel, Gauge<f64, AtomicU64>>,
     /// Reloads `applied` and `refused` (SIGHUP, or a component file changed).
     pub reloads: Counters<ResultLabel>,
+    /// Syncs of the task journal's file (one covers every record waiting at the time).
+    pub journal_syncs: Counter,
+    /// Tasks the journal holds that are not done (running, or their report not landed).
+    pub journal_open_entries: Gauge,
+    /// Tasks an earlier worker left, replayed at start: `outcome_reported`, `restarted`
+    /// (failed with `Worker.Restarted`), `closed` (over already) or `kept` (undelivered).
+    pub journal_replayed: Counters<ResultLabel>,
     /// The process's resident memory, read at each scrape.
     process_resident_memory: Gauge,
     /// Tasks running over task slots, by activity and `all` (every served activity's),
@@ -151,6 +158,9 @@ impl Default for Metrics {
             capabilities: CapabilityMetrics::default(),
             component_load_seconds: Family::default(),
             reloads: Counters::default(),
+            journal_syncs: Counter::default(),
+            journal_open_entries: Gauge::default(),
+            journal_replayed: Counters::default(),
             process_resident_memory: Gauge::default(),
             busy_ratio: Family::default(),
             slots: Mutex::default(),
@@ -181,6 +191,9 @@ impl Default for Metrics {
             ("reports", "Report attempts retried, and reports lost", reports),
             ("component_load_seconds", "Time to load each activity's component", component_load_seconds),
             ("reloads", "Reloads applied or refused", reloads),
+            ("journal_syncs", "Syncs of the task journal's file", journal_syncs),
+            ("journal_open_entries", "Tasks in the journal not yet done", journal_open_entries),
+            ("journal_replayed", "Tasks an earlier worker left, replayed at start, by result", journal_replayed),
             ("process_resident_memory_bytes", "Resident memory of the worker process", process_resident_memory),
             ("busy_ratio", "Tasks running over task slots, by activity and all (scale on it)", busy_ratio),
         ];

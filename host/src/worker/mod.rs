@@ -9,6 +9,7 @@
 //! - `poller`: one long-poll loop and the activity's slots;
 //! - `task`: one task's lifecycle (sandbox, heartbeat, report, log line);
 //! - `heartbeat`: SendTaskHeartbeat on an interval and on the guest's request;
+//! - [`journal`]: the task journal that a restarted worker replays;
 //! - `report`: SendTaskSuccess/SendTaskFailure with retries;
 //! - `slots`: the engine's task slots shared out between the activities;
 //! - `file_stamp`: a component file's identity (did it change since it was loaded?);
@@ -24,6 +25,7 @@ pub mod backoff;
 pub mod endpoints;
 mod file_stamp;
 mod heartbeat;
+pub mod journal;
 mod loading;
 pub mod metrics;
 mod poller;
@@ -68,6 +70,11 @@ pub struct Worker {
     hurry: CancellationToken,
     metrics: Arc<Metrics>,
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The worker's own Step Functions client (for journaled tasks of activities it no
+    /// longer serves).
+    client: SfnClient,
+    /// The task journal, and what an earlier worker left in it (replayed before polling).
+    journal: Option<(Arc<journal::Journal>, journal::Unfinished)>,
     reload: Option<(
         ReloadSource,
         ReloadTrigger,
@@ -92,7 +99,12 @@ impl Worker {
                 grants,
             ));
         }
-        let worker = Worker::from_specs(config, specs, runtime.settings().max_concurrent_tasks)?;
+        let worker = Worker::from_specs(
+            config,
+            specs,
+            client,
+            runtime.settings().max_concurrent_tasks,
+        )?;
         for (activity, seconds) in config.activities.iter().zip(load_seconds) {
             worker
                 .metrics
@@ -126,12 +138,13 @@ impl Worker {
                 ActivitySpec::new(activity.clone(), client.clone(), handler, None, grants)
             })
             .collect();
-        Worker::from_specs(config, specs, config.pool_tasks())
+        Worker::from_specs(config, specs, client, config.pool_tasks())
     }
 
     fn from_specs(
         config: &ValidConfig,
         specs: Vec<ActivitySpec>,
+        client: SfnClient,
         pool_tasks: u32,
     ) -> Result<Worker> {
         if config.total_concurrency() > pool_tasks {
@@ -150,6 +163,8 @@ impl Worker {
             hurry: CancellationToken::new(),
             metrics: Arc::default(),
             metrics_addr: config.worker.metrics_addr,
+            client,
+            journal: None,
             reload: None,
         })
     }
@@ -173,6 +188,22 @@ impl Worker {
         Arc::get_mut(spec)
             .context("the worker is already running")?
             .client = client;
+        Ok(())
+    }
+
+    /// Keeps a task journal at `path` (a file, or a directory for [`journal::FILE_NAME`]):
+    /// opens and locks it now (an error if another worker holds it); what an earlier worker
+    /// left in it is replayed when the worker runs, before its first poll.
+    pub fn open_journal(&mut self, path: &std::path::Path) -> Result<()> {
+        let (journal, unfinished) = journal::Journal::open(path, &self.worker_name, &self.metrics)?;
+        if !unfinished.is_empty() {
+            tracing::info!(
+                journal = %journal.path().display(),
+                tasks = unfinished.len(),
+                "the task journal holds tasks an earlier worker left; they are reported before polling"
+            );
+        }
+        self.journal = Some((Arc::new(journal), unfinished));
         Ok(())
     }
 
@@ -227,11 +258,32 @@ impl Worker {
                 return Ok(WorkerStats(self.metrics.clone()).snapshot());
             }
         }
+        let journal = match self.journal {
+            Some((journal, unfinished)) => {
+                let client_for = |activity: &str| {
+                    self.specs
+                        .iter()
+                        .find(|spec| spec.config.arn == activity)
+                        .map_or_else(|| self.client.clone(), |spec| spec.client.clone())
+                };
+                tokio::select! {
+                    () = journal::replay(&journal, unfinished, client_for, &self.metrics) => {}
+                    _ = shutdown.cancelled() => {
+                        tracing::info!("shut down while replaying the journal; what is left stays in it");
+                        journal.close();
+                        return Ok(WorkerStats(self.metrics.clone()).snapshot());
+                    }
+                }
+                Some(journal)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             worker_name: self.worker_name,
             drain_expired: CancellationToken::new(),
             hurry: self.hurry.clone(),
             metrics: self.metrics.clone(),
+            journal: journal.clone(),
         });
         let mut serving = Serving::new(shared.clone(), &shutdown, self.pool_tasks, readiness);
         serving.apply(self.specs.clone());
@@ -257,6 +309,9 @@ impl Worker {
         stop_reloading.cancel(); // no reloads while draining
 
         serving.drain(self.drain_timeout).await;
+        if let Some(journal) = journal {
+            journal.close();
+        }
         let stats = WorkerStats(self.metrics.clone()).snapshot();
         stats.log("worker stopped");
         if stopped_by_errors {

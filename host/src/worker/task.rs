@@ -1,6 +1,7 @@
-//! One task's lifecycle in the worker: run it in the sandbox with its heartbeat, stop it if
-//! the drain timeout ends first, free its slot, report its outcome (within the activity's
-//! bound on reports in flight), and log one `task finished` line.
+//! One task's lifecycle in the worker: journal it, run it in the sandbox with its heartbeat,
+//! stop it if the drain timeout ends first, journal its outcome, free its slot, report its
+//! outcome (within the activity's bound on reports in flight), mark it done in the journal,
+//! and log one `task finished` line.
 
 use crate::sandbox::host_api::{Interrupt, InterruptReason};
 use crate::sandbox::{Outcome, Task, TaskEnd, TaskStats};
@@ -35,9 +36,17 @@ pub(crate) async fn run_task(
         let in_flight = shared.metrics.in_flight.get_or_create_owned(&label);
         in_flight.inc();
         let started = Instant::now();
+        let journal = shared.journal.as_deref();
+        let entry = match journal {
+            Some(journal) => Some(journal.started(arn, &task.token).await),
+            None => None,
+        };
         let (end, stats) = run_in_sandbox(shared, arn, spec, &task, task_id).await;
         in_flight.dec();
         record_sandbox(&shared.metrics, arn, &stats);
+        if let (Some(journal), Some(entry), TaskEnd::Report(outcome)) = (journal, &entry, &end) {
+            journal.outcome(entry, outcome).await;
+        }
         let _report_slot = spec
             .report_slots
             .clone()
@@ -47,7 +56,7 @@ pub(crate) async fn run_task(
         drop(slot);
         let reports_in_flight = shared.metrics.reports_in_flight.get_or_create_owned(&label);
         reports_in_flight.inc();
-        match end {
+        let reported = match end {
             TaskEnd::Abandoned(why) => {
                 shared.metrics.task_finished(arn, "abandoned", None);
                 tracing::warn!(
@@ -56,11 +65,19 @@ pub(crate) async fn run_task(
                     elapsed_ms = ms(started),
                     "task finished: Step Functions no longer knows it, nothing reported"
                 );
+                true
             }
             TaskEnd::Report(outcome) => {
                 let reported = report(&spec.client, &shared.metrics, &task.token, &outcome).await;
+                let landed = !matches!(reported, Err(ReportError::Undelivered(_)));
                 log_reported(shared, arn, &outcome, reported, &stats, started);
+                landed
             }
+        };
+        if let (Some(journal), Some(entry)) = (journal, entry) {
+            if reported {
+                journal.done(entry);
+            } // else kept: the next start reports it again
         }
         reports_in_flight.dec();
         shared
@@ -173,7 +190,8 @@ fn log_reported(
                 report_error = %message,
                 result = %serde_json::to_string(outcome).unwrap_or_default(),
                 elapsed_ms,
-                "task finished but its result could not be reported"
+                "task finished but its result could not be reported (with a journal, the next \
+                 start reports it again)"
             );
         }
     }

@@ -69,6 +69,8 @@ pub enum Fault {
     Status(u16),
     /// For polls: answer 200 with a task that has no `taskToken`, without handing one out.
     MissingToken,
+    /// Never answer nor handle the call: a report still on its way when its worker died.
+    Stall,
 }
 
 /// A small seeded generator (SplitMix64): the fake's fault draws and the tests' own random
@@ -637,6 +639,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         Some(Fault::Reset) => return Err(std::io::Error::other("injected connection reset")),
         Some(Fault::Error(code)) => return error(StatusCode::BAD_REQUEST, code, "injected"),
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+        Some(Fault::Stall) => std::future::pending::<()>().await,
         Some(Fault::TimeOutTask) if op != Op::GetActivityTask => {
             let mut inner = state.inner.lock().unwrap();
             if inner.tasks.get(&token).map(|task| &task.state) == Some(&TaskState::Running) {

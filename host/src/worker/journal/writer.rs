@@ -1,0 +1,169 @@
+//! The journal's writer: one thread that appends records and syncs them, one sync for every
+//! record waiting at that moment (group commit: at 64 tasks at once, one `fdatasync` covers
+//! many), and rewrites the file down to its open entries once it has grown past
+//! [`COMPACT_AFTER`] and is mostly done entries.
+
+use super::file::{self, Header, Record};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use tokio::sync::oneshot;
+
+/// Bytes appended after which the file is rewritten with only its open entries (when they
+/// are less than half of it).
+const COMPACT_AFTER: u64 = 4 << 20;
+
+/// What the writer is asked to do.
+pub(super) enum Request {
+    /// Append `record`; if `synced` is given, sync the file and then answer there.
+    Append {
+        record: Record,
+        synced: Option<oneshot::Sender<io::Result<()>>>,
+    },
+    /// Rewrite the file with only its open entries and stop.
+    Close,
+}
+
+/// Counters the writer keeps up to date.
+pub(super) struct WriterMetrics {
+    /// Syncs of the journal file.
+    pub(super) syncs: Counter,
+    /// Tasks the journal holds without `done`.
+    pub(super) open_entries: Gauge,
+}
+
+/// The writer's state: the file, and each open entry's lines (for rewriting).
+pub(super) struct Writer {
+    pub(super) path: PathBuf,
+    pub(super) header: Header,
+    pub(super) file: File,
+    /// Each open entry's lines, by id: its `started` record, then its `outcome`.
+    pub(super) open: BTreeMap<u64, Vec<u8>>,
+    /// Bytes in the file now.
+    pub(super) written: u64,
+    pub(super) metrics: WriterMetrics,
+}
+
+impl Writer {
+    /// Serves `requests` until [`Request::Close`] or every sender is gone.
+    pub(super) fn run(mut self, requests: Receiver<Request>) {
+        let mut batch = Vec::new();
+        loop {
+            let Ok(first) = requests.recv() else {
+                self.close();
+                return;
+            };
+            batch.push(first);
+            let mut closing = false;
+            loop {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closing = true;
+                        break;
+                    }
+                }
+            }
+            closing |= self.write_batch(&mut batch);
+            if closing {
+                self.close();
+                return;
+            }
+        }
+    }
+
+    /// Appends every record of `batch` in one write, syncs once if any asks for it, answers
+    /// them; returns whether a close was asked for.
+    fn write_batch(&mut self, batch: &mut Vec<Request>) -> bool {
+        let mut bytes = Vec::new();
+        let mut waiting = Vec::new();
+        let mut closing = false;
+        for request in batch.drain(..) {
+            match request {
+                Request::Append { record, synced } => {
+                    let line = file::encode(&record);
+                    self.track(&record, &line);
+                    bytes.extend_from_slice(&line);
+                    waiting.extend(synced);
+                }
+                Request::Close => closing = true,
+            }
+        }
+        let mut result = self.file.write_all(&bytes);
+        self.written += bytes.len() as u64;
+        if result.is_ok() && !waiting.is_empty() {
+            result = self.file.sync_data();
+            self.metrics.syncs.inc();
+        }
+        if let Err(err) = &result {
+            tracing::error!(
+                journal = %self.path.display(),
+                error = %err,
+                "cannot write the task journal: tasks in flight may not be replayed after a crash"
+            );
+        }
+        for synced in waiting {
+            let _ = synced.send(match &result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+            });
+        }
+        self.metrics.open_entries.set(self.open.len() as i64);
+        if self.written > COMPACT_AFTER && self.open_bytes() * 2 < self.written {
+            self.rewrite();
+        }
+        closing
+    }
+
+    /// Keeps `line` with its entry while the entry is open.
+    fn track(&mut self, record: &Record, line: &[u8]) {
+        match record {
+            Record::Started { id, .. } => {
+                self.open.insert(*id, line.to_vec());
+            }
+            Record::Outcome { id, .. } => {
+                if let Some(lines) = self.open.get_mut(id) {
+                    lines.extend_from_slice(line);
+                }
+            }
+            Record::Done { id } => {
+                self.open.remove(id);
+            }
+            Record::Header(_) => {}
+        }
+    }
+
+    fn open_bytes(&self) -> u64 {
+        self.open.values().map(|lines| lines.len() as u64).sum()
+    }
+
+    /// Replaces the file with its header and open entries.
+    fn rewrite(&mut self) {
+        let mut bytes = file::encode(&Record::Header(self.header.clone()));
+        for lines in self.open.values() {
+            bytes.extend_from_slice(lines);
+        }
+        match file::replace(&self.path, &bytes) {
+            Ok(file) => {
+                self.file = file;
+                self.written = bytes.len() as u64;
+            }
+            Err(err) => tracing::error!(
+                journal = %self.path.display(),
+                error = %err,
+                "cannot rewrite the task journal; it keeps growing"
+            ),
+        }
+    }
+
+    /// Leaves the file with only its open entries (none after a full drain).
+    fn close(&mut self) {
+        self.rewrite();
+        self.metrics.open_entries.set(self.open.len() as i64);
+    }
+}

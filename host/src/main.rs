@@ -18,6 +18,7 @@ use sfn_wasm_worker::sandbox::host_api::{CountingHeartbeat, Interrupt};
 use sfn_wasm_worker::sandbox::{Runtime, Task, TaskEnd, TaskLimits, WORLD};
 use sfn_wasm_worker::scaffold::{self, Language};
 use sfn_wasm_worker::worker::sfn::{self, ActivityClients};
+use sfn_wasm_worker::worker::traces::Traces;
 use sfn_wasm_worker::worker::{reload, shutdown, ReloadSource, Worker};
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -368,6 +369,14 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
     if let Some(journal) = &config.worker.journal {
         worker.open_journal(journal)?;
     }
+    let traces = Traces::start(
+        config.worker.otlp_endpoint.as_deref(),
+        &config.worker_name(),
+    )?
+    .map(Arc::new);
+    if let Some(traces) = &traces {
+        worker.trace_with(traces.clone());
+    }
     let reload = worker.reload_with(ReloadSource {
         runtime,
         read_config: Box::new(move || run_config(&args)),
@@ -385,7 +394,11 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
             tracing::error!(error = %err, "cannot listen for SIGHUP; reloads stay off");
         }
     });
-    match worker.run(shutdown).await {
+    let ran = worker.run(shutdown).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    match ran {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             tracing::error!("{err:#}");

@@ -92,6 +92,10 @@ pub struct WorkerSection {
     /// (default: none). A restarted worker reports what a killed one left in it
     /// ([`crate::worker::journal`]).
     pub journal: Option<PathBuf>,
+    /// Where to export task traces: an OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is added); default: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else no traces ([`crate::worker::traces`]).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `[[activity]]`: one activity, the component that handles its tasks, and one table per

@@ -118,4 +118,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// The task journal, if the worker keeps one.
     pub(crate) journal: Option<Arc<crate::worker::journal::Journal>>,
+    /// The exporter of task traces, if traces are on.
+    pub(crate) traces: Option<Arc<crate::worker::traces::Traces>>,
 }

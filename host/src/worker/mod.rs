@@ -10,6 +10,7 @@
 //! - `task`: one task's lifecycle (sandbox, heartbeat, report, log line);
 //! - `heartbeat`: SendTaskHeartbeat on an interval and on the guest's request;
 //! - [`journal`]: the task journal that a restarted worker replays;
+//! - [`traces`]: OpenTelemetry traces of tasks, opt-in;
 //! - `report`: SendTaskSuccess/SendTaskFailure with retries;
 //! - `slots`: the engine's task slots shared out between the activities;
 //! - `file_stamp`: a component file's identity (did it change since it was loaded?);
@@ -37,6 +38,7 @@ pub mod shutdown;
 mod slots;
 pub mod stats;
 mod task;
+pub mod traces;
 
 pub use heartbeat::GUEST_HEARTBEAT_MIN_GAP;
 pub use reload::{ReloadSource, ReloadTrigger};
@@ -75,6 +77,8 @@ pub struct Worker {
     client: SfnClient,
     /// The task journal, and what an earlier worker left in it (replayed before polling).
     journal: Option<(Arc<journal::Journal>, journal::Unfinished)>,
+    /// The exporter of task traces, if traces are on.
+    traces: Option<Arc<traces::Traces>>,
     reload: Option<(
         ReloadSource,
         ReloadTrigger,
@@ -165,6 +169,7 @@ impl Worker {
             metrics_addr: config.worker.metrics_addr,
             client,
             journal: None,
+            traces: None,
             reload: None,
         })
     }
@@ -205,6 +210,11 @@ impl Worker {
         }
         self.journal = Some((Arc::new(journal), unfinished));
         Ok(())
+    }
+
+    /// Records a trace of every task with `traces` (see [`traces`]).
+    pub fn trace_with(&mut self, traces: Arc<traces::Traces>) {
+        self.traces = Some(traces);
     }
 
     /// Lets the worker reload while it runs: the returned trigger (and, if the configuration
@@ -284,6 +294,7 @@ impl Worker {
             hurry: self.hurry.clone(),
             metrics: self.metrics.clone(),
             journal: journal.clone(),
+            traces: self.traces.clone(),
         });
         let mut serving = Serving::new(shared.clone(), &shutdown, self.pool_tasks, readiness);
         serving.apply(self.specs.clone());

@@ -11,6 +11,7 @@ use crate::worker::metrics::{activity_label, InstanceLabels, Metrics};
 use crate::worker::report::{report, ReportError};
 use crate::worker::sfn::ActivityTask;
 use crate::worker::slots::TaskSlot;
+use crate::worker::traces::{TaskTrace, Timeline};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;
@@ -36,16 +37,23 @@ pub(crate) async fn run_task(
         let in_flight = shared.metrics.in_flight.get_or_create_owned(&label);
         in_flight.inc();
         let started = Instant::now();
+        let mut timeline = Timeline::start();
         let journal = shared.journal.as_deref();
         let entry = match journal {
-            Some(journal) => Some(journal.started(arn, &task.token).await),
+            Some(journal) => {
+                let entry = journal.started(arn, &task.token).await;
+                timeline.end_phase("journal");
+                Some(entry)
+            }
             None => None,
         };
-        let (end, stats) = run_in_sandbox(shared, arn, spec, &task, task_id).await;
+        let (end, stats) = run_in_sandbox(shared, arn, spec, &task, task_id.clone()).await;
+        timeline.end_sandbox(&stats.phases);
         in_flight.dec();
         record_sandbox(&shared.metrics, arn, &stats);
         if let (Some(journal), Some(entry), TaskEnd::Report(outcome)) = (journal, &entry, &end) {
             journal.outcome(entry, outcome).await;
+            timeline.end_phase("journal outcome");
         }
         let _report_slot = spec
             .report_slots
@@ -53,9 +61,15 @@ pub(crate) async fn run_task(
             .acquire_owned()
             .await
             .expect("the report semaphore is never closed");
+        timeline.end_phase("wait for slot");
         drop(slot);
         let reports_in_flight = shared.metrics.reports_in_flight.get_or_create_owned(&label);
         reports_in_flight.inc();
+        let (outcome_label, error) = match &end {
+            TaskEnd::Abandoned(_) => ("abandoned", None),
+            TaskEnd::Report(Outcome::Succeeded { .. }) => ("succeeded", None),
+            TaskEnd::Report(Outcome::Failed { error, .. }) => ("failed", Some(error.clone())),
+        };
         let reported = match end {
             TaskEnd::Abandoned(why) => {
                 shared.metrics.task_finished(arn, "abandoned", None);
@@ -69,11 +83,25 @@ pub(crate) async fn run_task(
             }
             TaskEnd::Report(outcome) => {
                 let reported = report(&spec.client, &shared.metrics, &task.token, &outcome).await;
+                timeline.end_phase("report");
                 let landed = !matches!(reported, Err(ReportError::Undelivered(_)));
                 log_reported(shared, arn, &outcome, reported, &stats, started);
                 landed
             }
         };
+        if let Some(traces) = &shared.traces {
+            let requests = stats.usage.outbound.0.lock().unwrap();
+            traces.record(&TaskTrace {
+                activity: arn,
+                task_id: &task_id,
+                worker: &shared.worker_name,
+                instance: stats.instance.label(),
+                outcome: outcome_label,
+                error: error.as_deref(),
+                phases: timeline.into_phases(),
+                requests: &requests,
+            });
+        }
         if let (Some(journal), Some(entry)) = (journal, entry) {
             if reported {
                 journal.done(entry);

@@ -214,6 +214,10 @@ impl OutboundHooks {
         self.results.lock().unwrap().push(RequestResult {
             status: "denied",
             aws_service: None,
+            origin: authority.to_string(),
+            code: None,
+            started: std::time::SystemTime::now(),
+            duration: std::time::Duration::ZERO,
         });
         tracing::warn!(
             activity = %self.activity_arn,
@@ -351,6 +355,7 @@ pub struct RequestLog {
     method: String,
     target: String,
     started: std::time::Instant,
+    started_at: std::time::SystemTime,
     /// The response status, once known.
     pub status: Option<u16>,
     /// Response body bytes received so far.
@@ -369,6 +374,14 @@ pub struct RequestResult {
     pub status: &'static str,
     /// The AWS service it called, if the host signed it.
     pub aws_service: Option<Arc<str>>,
+    /// Where it went: `scheme://host:port`, never a path, header or body.
+    pub origin: String,
+    /// The response's status code, if one came.
+    pub code: Option<u16>,
+    /// When it started.
+    pub started: std::time::SystemTime,
+    /// How long it took, to the end of its response body (zero if it was denied).
+    pub duration: std::time::Duration,
 }
 
 impl RequestLog {
@@ -388,6 +401,7 @@ impl RequestLog {
             method: method.to_string(),
             target: target.to_string(),
             started: std::time::Instant::now(),
+            started_at: std::time::SystemTime::now(),
             status: None,
             bytes: 0,
             error: None,
@@ -430,6 +444,10 @@ impl Drop for RequestLog {
         self.results.lock().unwrap().push(RequestResult {
             status: result,
             aws_service: self.aws_service.clone(),
+            origin: self.target.clone(),
+            code: self.status,
+            started: self.started_at,
+            duration: self.started.elapsed(),
         });
         tracing::debug!(
             activity = %self.activity_arn,

@@ -1,11 +1,12 @@
 //! SIGTERM under load: the worker binary is started, run for a random moment under a steady
-//! stream of tasks that sleep (some longer than the drain timeout), compute without calling
-//! the host (forever, until stopped), compute while reading the clock, allocate to the
-//! memory limit and trap, sent SIGTERM, and started again, 50 times. Every task Step
-//! Functions handed out must be reported exactly once with an outcome its behaviour allows
-//! (`Worker.ShuttingDown` for those the drain timeout cut); every exit must be 0 and come
-//! within `drain_timeout` plus the open poll's remaining time. Prints the counts and the
-//! slowest exit. `SIGNALS_SEED=N` replays a run's moments.
+//! stream of tasks that sleep (some longer than the drain timeout, some far longer than the
+//! exit bound), compute without calling the host (forever, until stopped), compute while
+//! reading the clock, allocate to the memory limit and trap, sent SIGTERM, and started
+//! again, 50 times. Every task Step Functions handed out must be reported exactly once with
+//! an outcome its behaviour allows (`Worker.ShuttingDown` for those the drain timeout cut);
+//! every exit must be 0 and come within `drain_timeout` plus the open poll's remaining time
+//! plus a start-up and exit slack. Prints the counts and the slowest exit. `SIGNALS_SEED=N`
+//! replays a run's moments.
 //!
 //! And one spinning guest at a time: SIGTERM stops it at the drain timeout (also right after
 //! a reload), and its own timeout still stops it during a drain.
@@ -25,8 +26,24 @@ const RESTARTS: usize = 50;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the fake holds an empty poll (the most an open poll can still take).
 const POLL_HOLD: Duration = Duration::from_millis(200);
-/// Process start-up and exit on a busy 2-core machine, on top of the two above.
-const EXIT_SLACK: Duration = Duration::from_secs(1);
+/// Process start-up and exit on a busy 2-core machine, on top of the two above: an exit
+/// that honours the drain timeout comes 1.0–1.3 s after the signal on an idle machine, and
+/// the slack leaves 2.5 s more for a slow, loaded one. The bound stays below what a drain
+/// that ignored its timeout would take: a long sleeper (see `LONG_SLEEP_MS`) would then
+/// still be sleeping (checked below, at compile time), and a `loop` guest would run until
+/// its 10 s task timeout.
+const EXIT_SLACK: Duration = Duration::from_millis(2_500);
+/// The longest a worker runs before its SIGTERM (it runs 100 ms to this).
+const MAX_RUN_MS: u64 = 1_000;
+/// How long the mix's long sleepers sleep: more than the exit bound after the longest run,
+/// so that any of them running at the signal (it started at most `MAX_RUN_MS` before)
+/// would outlast the bound if the drain timeout did not cut it.
+const LONG_SLEEP_MS: (u64, u64) = (6_000, 9_000);
+const _: () = assert!(
+    (LONG_SLEEP_MS.0 - MAX_RUN_MS) as u128
+        > DRAIN_TIMEOUT.as_millis() + POLL_HOLD.as_millis() + EXIT_SLACK.as_millis() + 1_000,
+    "a long sleeper must outlast the exit bound by a second"
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_50_times_loses_nothing() {
@@ -67,7 +84,10 @@ async fn sigterm_under_load_50_times_loses_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100 + rng.next_u64() % 900)).await;
+        tokio::time::sleep(Duration::from_millis(
+            100 + rng.next_u64() % (MAX_RUN_MS - 100),
+        ))
+        .await;
         let signalled = Instant::now();
         send_signal("TERM", child.id());
         let status = wait_for_exit(&mut child, Duration::from_secs(30))
@@ -88,8 +108,15 @@ async fn sigterm_under_load_50_times_loses_nothing() {
     load.await.unwrap();
 
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut long_sleepers_cut = 0;
     for (token, allowed) in tokens.lock().unwrap().iter() {
         let record = fake.task(token);
+        let input: serde_json::Value = serde_json::from_str(&record.input).unwrap();
+        let long_sleeper =
+            input["behaviour"] == "sleep" && input["ms"].as_u64() >= Some(LONG_SLEEP_MS.0);
+        if long_sleeper && record.state != TaskState::Queued {
+            long_sleepers_cut += 1; // only `Worker.ShuttingDown` is allowed, checked just below
+        }
         let verdict = match &record.state {
             TaskState::Queued => "never handed out".to_string(),
             _ if record.reports != 1 => panic!(
@@ -106,10 +133,17 @@ async fn sigterm_under_load_50_times_loses_nothing() {
         *counts.entry(verdict).or_default() += 1;
     }
     eprintln!(
-        "signals: seed {seed}, {RESTARTS} SIGTERMs under load; tasks {counts:?}; every exit 0, \
-         the slowest {:.2} s after its signal (bound {:.1} s)",
+        "signals: seed {seed}, {RESTARTS} SIGTERMs under load; tasks {counts:?} \
+         ({long_sleepers_cut} long sleepers cut); every exit 0, the slowest {:.2} s after its \
+         signal (bound {:.1} s)",
         slowest.as_secs_f64(),
         (DRAIN_TIMEOUT + POLL_HOLD + EXIT_SLACK).as_secs_f64()
+    );
+    // The exit bound was put to the test: some drains had a task to cut that would have
+    // outlasted it (a sleeper only ends early as `Worker.ShuttingDown`).
+    assert!(
+        long_sleepers_cut > 0,
+        "seed {seed}: no long sleeper ran at a signal: {counts:?}"
     );
     for outcome in [SUCCEEDED, SHUTTING_DOWN, "Wasm.OutOfMemory", "Wasm.Trap"] {
         assert!(
@@ -123,24 +157,39 @@ async fn sigterm_under_load_50_times_loses_nothing() {
 const SUCCEEDED: &str = "succeeded";
 const SHUTTING_DOWN: &str = "Worker.ShuttingDown";
 
-/// The load's behaviours, their weights, and the outcomes each may end with.
-const MIX: [(&str, u64, &[&str]); 5] = [
-    ("sleep", 10, &[SUCCEEDED, SHUTTING_DOWN]),
+/// The `ms` of every task but the long sleepers: 0 to 1.5 s.
+const SHORT_MS: (u64, u64) = (0, 1_500);
+
+/// A behaviour of the load: its name, its weight, the range of its `ms`, and the outcomes it
+/// may end with.
+type Behaviour = (&'static str, u64, (u64, u64), &'static [&'static str]);
+
+/// The load's behaviours.
+const MIX: [Behaviour; 6] = [
+    ("sleep", 10, SHORT_MS, &[SUCCEEDED, SHUTTING_DOWN]),
+    // Sleeps past any worker's life: only the drain timeout ends it.
+    ("sleep", 3, LONG_SLEEP_MS, &[SHUTTING_DOWN]),
     // Computes without ever calling the host: only the epoch can stop it.
-    ("loop", 1, &[SHUTTING_DOWN]),
+    ("loop", 1, SHORT_MS, &[SHUTTING_DOWN]),
     // Computes, reading the clock, for up to 1.5 s.
-    ("spin", 3, &[SUCCEEDED, SHUTTING_DOWN]),
-    ("memory-bomb", 1, &[SHUTTING_DOWN, "Wasm.OutOfMemory"]),
-    ("panic", 1, &[SHUTTING_DOWN, "Wasm.Trap"]),
+    ("spin", 3, SHORT_MS, &[SUCCEEDED, SHUTTING_DOWN]),
+    (
+        "memory-bomb",
+        1,
+        SHORT_MS,
+        &[SHUTTING_DOWN, "Wasm.OutOfMemory"],
+    ),
+    ("panic", 1, SHORT_MS, &[SHUTTING_DOWN, "Wasm.Trap"]),
 ];
 
 /// One task of the mix: its input and the outcomes it may end with.
 fn pick(rng: &mut SplitMix64) -> (serde_json::Value, &'static [&'static str]) {
-    let total: u64 = MIX.iter().map(|(_, weight, _)| weight).sum();
+    let total: u64 = MIX.iter().map(|(_, weight, _, _)| weight).sum();
     let mut draw = rng.next_u64() % total;
-    let ms = rng.next_u64() % 1_500;
-    for (behaviour, weight, allowed) in MIX {
+    let roll = rng.next_u64();
+    for (behaviour, weight, (low, high), allowed) in MIX {
         if draw < weight {
+            let ms = low + roll % (high - low);
             return (json!({"behaviour": behaviour, "ms": ms}), allowed);
         }
         draw -= weight;
@@ -231,10 +280,24 @@ async fn sigterm_stops_a_spinning_guest(name: &str, reload_first: bool) {
     let config = write_signals_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 2);
     let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
     if reload_first {
-        // A reload that changes the activity (its running task keeps the old spec).
+        // A reload that changes the activity (its running task keeps the old spec): from 2
+        // slots and pollers to 3.
         write_signals_config(dir.path(), &fake, &arn, DRAIN_TIMEOUT, "60s", 3);
         send_signal("HUP", child.id());
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Applied once 2 polls are open beside the running task: a poll holds a free slot,
+        // so with the old 2 slots at most 1 can be (as the other case checks).
+        let sent = Instant::now();
+        fake.wait_until(Duration::from_secs(60), "the reload to apply", |fake| {
+            fake.max_busy(&arn) >= 3
+        })
+        .await;
+        eprintln!("{name}: reload applied {:?} after SIGHUP", sent.elapsed());
+    } else {
+        assert!(
+            fake.max_busy(&arn) <= 2,
+            "{} polls and tasks at once with 2 slots",
+            fake.max_busy(&arn)
+        );
     }
     terminate_within(&mut child, DRAIN_TIMEOUT + POLL_HOLD + EXIT_SLACK).await;
     assert!(
@@ -262,9 +325,15 @@ async fn a_spinning_guests_timeout_still_stops_it_during_a_drain() {
     let dir = tempfile::tempdir().unwrap();
     // Its timeout ends well before the drain timeout does.
     let drain_timeout = Duration::from_secs(20);
-    let config = write_signals_config(dir.path(), &fake, &arn, drain_timeout, "1500ms", 2);
+    let guest_timeout = Duration::from_millis(1_500);
+    let timeout = format!("{}ms", guest_timeout.as_millis());
+    let config = write_signals_config(dir.path(), &fake, &arn, drain_timeout, &timeout, 2);
     let (mut child, token) = worker_with_a_spinning_guest(&fake, &arn, &config).await;
-    let exit = terminate_within(&mut child, Duration::from_millis(1_500) + EXIT_SLACK * 2).await;
+    // The guest's timeout (running since before the signal) ends it within 1.5 s, then the
+    // worker exits; were it only the drain timeout, the exit would come after 20 s.
+    let bound = guest_timeout + EXIT_SLACK * 2;
+    assert!(bound * 2 < drain_timeout);
+    let exit = terminate_within(&mut child, bound).await;
     match fake.task(&token).state {
         TaskState::Failed { error, .. } if error == "Wasm.Timeout" => {}
         other => panic!("{other:?} (exit after {exit:?})"),

@@ -254,14 +254,15 @@ async fn heartbeats_are_sent_on_the_interval_and_when_the_guest_asks() {
     let mut config = activity(&arn, "adversary");
     config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
     let worker = start_worker(&fake, vec![config], WAIT).await;
+    // Ticks at 1, 2 and 3 s: 2 heartbeats are due with a full interval and a half to spare.
     let slow = fake.enqueue(
         &arn,
-        &json!({"behaviour": "sleep", "ms": 2_500}).to_string(),
+        &json!({"behaviour": "sleep", "ms": 3_500}).to_string(),
     );
     output_of(&fake.wait_for_result(&slow, WAIT).await);
     assert!(
         fake.task(&slow).heartbeats >= 2,
-        "{} interval heartbeats",
+        "{} interval heartbeats in 3.5 s (interval 1 s)",
         fake.task(&slow).heartbeats
     );
 
@@ -315,9 +316,10 @@ async fn a_timed_out_heartbeat_interrupts_a_spinning_guest_and_reports_nothing()
 async fn invalid_token_after_an_accepted_heartbeat_stops_the_guest_and_frees_its_slot() {
     let fake = FakeSfn::start().await;
     let arn = fake.create_activity("closed-by-localstack");
+    let interval = Duration::from_secs(1);
     let mut config = activity(&arn, "adversary");
     config.max_concurrency = 1;
-    config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
+    config.heartbeat_interval = Some(HumanDuration(interval));
     config.timeout = Some(HumanDuration(Duration::from_secs(120)));
     let worker = start_worker(&fake, vec![config], WAIT).await;
     let token = fake.enqueue(&arn, &json!({"behaviour": "loop"}).to_string());
@@ -334,9 +336,12 @@ async fn invalid_token_after_an_accepted_heartbeat_stops_the_guest_and_frees_its
     .await;
     let interrupted_after = closed.elapsed();
     output_of(&fake.wait_for_result(&queued_behind, WAIT).await);
+    // The next tick (at most an interval away) is refused and stops the guest: 3 intervals
+    // and 2 s allow for a slow machine; unnoticed, it would spin to its 120 s timeout.
+    let bound = interval * 3 + Duration::from_secs(2);
     assert!(
-        interrupted_after < Duration::from_secs(3),
-        "the guest ran {interrupted_after:?} after its task closed (interval 1 s)"
+        interrupted_after < bound,
+        "the guest ran {interrupted_after:?} after its task closed (interval {interval:?})"
     );
     assert_eq!(fake.task(&token).reports, 0, "a closed task was reported");
     let stats = worker.stop().await;
@@ -351,9 +356,10 @@ async fn invalid_token_on_a_heartbeat_is_logged_and_the_task_goes_on() {
     let mut config = activity(&arn, "adversary");
     config.heartbeat_interval = Some(HumanDuration(Duration::from_secs(1)));
     let worker = start_worker(&fake, vec![config], WAIT).await;
+    // The first tick comes at 1 s: 1.5 s to spare.
     let token = fake.enqueue(
         &arn,
-        &json!({"behaviour": "sleep", "ms": 1_500}).to_string(),
+        &json!({"behaviour": "sleep", "ms": 2_500}).to_string(),
     );
     output_of(&fake.wait_for_result(&token, WAIT).await);
     assert!(fake.calls(Op::SendTaskHeartbeat) >= 1);
@@ -607,6 +613,20 @@ async fn an_activity_sees_nothing_another_activity_in_the_process_was_granted() 
     worker.stop().await;
 }
 
+/// `/readyz`'s body from the worker serving it on `addr`.
+async fn readyz(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /readyz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string()
+}
+
 /// The worker binary: a first SIGTERM starts the drain (an open poll is awaited, a running
 /// task may finish); a second one stops at once, failing the running task with
 /// Worker.ShuttingDown, without waiting for the open poll (held 60 s here).
@@ -619,6 +639,10 @@ async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
         &arn,
         &json!({"behaviour": "sleep", "ms": 60_000}).to_string(),
     );
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut child = worker_command()
         .args(["run", "--activity-arn", &arn, "--component"])
         .arg(guest_path("adversary"))
@@ -637,6 +661,8 @@ async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
             &fake.endpoint,
             "--region",
             "us-east-1",
+            "--metrics-addr",
+            &metrics_addr.to_string(),
         ])
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -646,11 +672,23 @@ async fn a_second_signal_stops_at_once_and_fails_running_tasks() {
     })
     .await;
     send_signal("TERM", child.id());
+    // The first signal was handled once /readyz says draining: a second one sent before
+    // that could merge with it into one.
+    let signalled = Instant::now();
+    while readyz(metrics_addr).await != "not ready: draining\n" {
+        assert!(
+            signalled.elapsed() < WAIT,
+            "not draining {WAIT:?} after a SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Draining, not stopping: still running a while later, its task not failed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "the first signal must drain, not stop"
     );
+    assert_eq!(fake.task(&token).state, TaskState::Running);
     send_signal("TERM", child.id());
     let status = wait_for_exit(&mut child, Duration::from_secs(15))
         .await
@@ -768,8 +806,10 @@ async fn answers_that_break_the_api_lose_no_task_and_no_slot() {
         other => panic!("expected Task.InvalidInput, got {other:?}"),
     }
     // Both slots are still there: two sleeping tasks overlap.
+    let sleep = Duration::from_secs(3);
     let sleepers: [String; 2] = std::array::from_fn(|_| {
-        fake.enqueue(&arn, &json!({"behaviour": "sleep", "ms": 600}).to_string())
+        let input = json!({"behaviour": "sleep", "ms": sleep.as_millis() as u64});
+        fake.enqueue(&arn, &input.to_string())
     });
     for token in &sleepers {
         fake.wait_for_result(token, WAIT).await;
@@ -778,15 +818,16 @@ async fn answers_that_break_the_api_lose_no_task_and_no_slot() {
     for token in [&echo, &not_json].into_iter().chain(&sleepers) {
         assert!(fake.task(token).reports >= 1);
     }
-    // Both slots are there: the two 600 ms sleepers were handed out together, not one
-    // after the other's guest had ended.
+    // Both slots are there: the two sleepers ran side by side, the second handed out while
+    // the first slept. With one slot it could only be polled for once the first guest
+    // had ended, a whole sleep (3 s) later; half of one allows for a slow poll.
     let handed_out = sleepers
         .each_ref()
         .map(|token| fake.task(token).handed_out_at.unwrap());
     let apart = handed_out[0].max(handed_out[1]) - handed_out[0].min(handed_out[1]);
     assert!(
-        apart < Duration::from_millis(300),
-        "a slot was lost: the sleepers ran {apart:?} apart"
+        apart < sleep / 2,
+        "a slot was lost: the sleepers ({sleep:?} each) were handed out {apart:?} apart"
     );
     assert_eq!(stats.report_errors, 0, "{stats:?}");
 }

@@ -221,10 +221,14 @@ mod tests {
             attempts(&[true, true, true]).await,
             (Err("failure 2".into()), 3)
         );
-        // 200 ms and 800 ms between the attempts, none after the last.
+        // 200 ms and 800 ms between the attempts, none after the last. Real time (the
+        // crate's tokio has no `test-util`, so no paused clock): a sleep never ends early, so
+        // 1 s is a strict floor; the ceiling leaves 2.5 s for a loaded machine's late timer
+        // wake-ups and stays under the 4.2 s that one more wait (the next delay, 3.2 s) after
+        // the last attempt would make.
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_millis(1000) && waited < Duration::from_millis(2500),
+            waited >= Duration::from_millis(1000) && waited < Duration::from_millis(3500),
             "{waited:?}"
         );
         assert_eq!(attempts(&[false]).await, (Err("failure 0".into()), 1));

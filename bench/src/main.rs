@@ -13,12 +13,15 @@
 //! 7. peers: the published Python and Node.js workers and a boto3 worker, side by side with
 //!    the wasm worker, each its own process, at 1/8/64 and three round trips;
 //! 8. hostile neighbours: one activity's latency alone and beside one flooded with hostile
-//!    guests.
+//!    guests;
+//! 9. the CPU share;
+//! 10. the task journal's cost per task (CPU, fsyncs) at concurrency 8 and 64.
 //!
 //! Run it with `bash bench/run.sh [--quick] [--localstack]` (see BENCHMARKS.md).
 
 mod cpu_share;
 mod idle;
+mod journal;
 mod latency;
 mod localstack;
 mod memory;
@@ -74,7 +77,8 @@ struct Args {
     #[arg(long)]
     localstack: bool,
     /// Run only these sections (1 sandbox, 2 throughput, 3 memory, 4 start-up and idle, 5
-    /// LocalStack, 6 tenants, 7 peers, 8 hostile neighbours, 9 the CPU share)
+    /// LocalStack, 6 tenants, 7 peers, 8 hostile neighbours, 9 the CPU share, 10 the task
+    /// journal)
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Override the number of tasks per throughput run
@@ -279,6 +283,9 @@ async fn run(args: Args) -> Result<()> {
         let window = Duration::from_secs(if args.quick { 3 } else { 15 });
         let tasks = if args.quick { 16 } else { 40 };
         cpu_share::cpu_share(&runtime, tasks, window).await?;
+    }
+    if wanted(10) {
+        journal::journal_cost(counts.throughput_tasks, counts.repetitions).await?;
     }
     if args.localstack || args.only.contains(&5) {
         localstack::localstack(&guests[0].1, counts.localstack_tasks).await?;

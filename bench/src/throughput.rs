@@ -76,8 +76,8 @@ pub(crate) async fn throughput(
         // runs (up to 1.5×) is larger than the difference being measured.
         let (mut wasm_runs, mut native_runs) = (Vec::new(), Vec::new());
         for _ in 0..counts.repetitions {
-            wasm_runs.push(worker_run(wasm.clone(), concurrency, tasks, latency).await?);
-            native_runs.push(worker_run(native.clone(), concurrency, tasks, latency).await?);
+            wasm_runs.push(worker_run(wasm.clone(), concurrency, tasks, latency, None).await?);
+            native_runs.push(worker_run(native.clone(), concurrency, tasks, latency, None).await?);
         }
         let wasm_run = WorkerRun::median(&mut wasm_runs);
         let native_run = WorkerRun::median(&mut native_runs);
@@ -163,28 +163,33 @@ async fn wait_finished(fake: &FakeSfn, tasks: usize, limit: Duration) -> Result<
 }
 
 /// One worker run through the fake.
-struct WorkerRun {
+pub(crate) struct WorkerRun {
     /// Tasks per second, until the last task was reported.
-    rate: f64,
+    pub(crate) rate: f64,
     /// CPU this whole process used per task during the run.
-    cpu_per_task: Duration,
+    pub(crate) cpu_per_task: Duration,
     /// The mean time of one handler run inside the worker.
     handler_mean: Duration,
+    /// Syncs of the task journal's file, if it kept one.
+    pub(crate) journal_syncs: u64,
 }
 
 impl WorkerRun {
     /// The run with the median rate (its other figures come with it).
-    fn median(runs: &mut [WorkerRun]) -> &WorkerRun {
+    pub(crate) fn median(runs: &mut [WorkerRun]) -> &WorkerRun {
         runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
         &runs[runs.len() / 2]
     }
 }
 
-async fn worker_run(
+/// `tasks` orders through the fake (answering after `latency`) by a worker running them with
+/// `handler` at `concurrency`, keeping its task journal at `journal` if given.
+pub(crate) async fn worker_run(
     handler: Arc<dyn TaskHandler>,
     concurrency: usize,
     tasks: usize,
     latency: Duration,
+    journal: Option<&Path>,
 ) -> Result<WorkerRun> {
     let (fake, arn) = loaded_fake(tasks, latency).await;
     let mut activity = ActivityConfig::new(arn, guest_path("rust-order")?);
@@ -199,11 +204,15 @@ async fn worker_run(
         activities: vec![activity],
     };
     let timed = Arc::new(TimedHandler::new(handler));
-    let worker = Worker::with_handlers(
+    let mut worker = Worker::with_handlers(
         &config.validate()?,
         vec![timed.clone()],
         SfnClient::new(&fake.sdk_config().await),
     )?;
+    if let Some(journal) = journal {
+        worker.open_journal(journal)?;
+    }
+    let metrics = worker.metrics();
     let shutdown = CancellationToken::new();
     let (started, cpu_before) = (Instant::now(), process_cpu_time());
     let running = tokio::spawn(worker.run(shutdown.clone()));
@@ -219,6 +228,7 @@ async fn worker_run(
         rate,
         cpu_per_task,
         handler_mean: timed.mean(),
+        journal_syncs: metrics.journal_syncs.get(),
     })
 }
 

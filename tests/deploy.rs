@@ -91,6 +91,22 @@ fn the_kubernetes_files_drain_probe_and_scrape_as_the_worker_needs() {
         named_port(&service["spec"]["ports"][0]["targetPort"]),
         metrics_port
     );
+    // The journal is on a volume of the pod's own (an emptyDir: it survives a container
+    // restart, and no other pod shares it).
+    let journal = config.worker.journal.as_ref().expect("a task journal");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|mount| journal.starts_with(mount["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("no volume mounted at the journal {}", journal.display()));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|volume| volume["name"] == mount["name"])
+        .unwrap();
+    assert!(volume.get("emptyDir").is_some(), "the journal's volume: {volume:?}");
     let budget = of_kind(&worker, "PodDisruptionBudget");
     assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
 
@@ -149,4 +165,11 @@ fn the_ecs_task_definition_stops_after_the_drain_and_checks_health() {
         "{health}"
     );
     assert_pinned(flag("--component"));
+    let journal = flag("--journal");
+    let mounted = container["mountPoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|mount| journal.starts_with(mount["containerPath"].as_str().unwrap()));
+    assert!(mounted, "no volume mounted at the journal {journal}");
 }

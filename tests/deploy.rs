@@ -106,7 +106,10 @@ fn the_kubernetes_files_drain_probe_and_scrape_as_the_worker_needs() {
         .iter()
         .find(|volume| volume["name"] == mount["name"])
         .unwrap();
-    assert!(volume.get("emptyDir").is_some(), "the journal's volume: {volume:?}");
+    assert!(
+        volume.get("emptyDir").is_some(),
+        "the journal's volume: {volume:?}"
+    );
     let budget = of_kind(&worker, "PodDisruptionBudget");
     assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
 

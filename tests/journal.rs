@@ -153,7 +153,7 @@ async fn a_second_worker_on_the_same_journal_is_refused() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success());
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("in use by another worker") && stderr.contains("tasks.journal"),
         "{stderr}"

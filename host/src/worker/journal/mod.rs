@@ -148,7 +148,7 @@ impl Journal {
             bytes.extend_from_slice(&lines);
             open.insert(id, lines);
         }
-        let file = file::replace(&path, &bytes)
+        let file = file::JournalFile::create(&path, &bytes)
             .with_context(|| format!("cannot write the task journal {shown}"))?;
         let open_entries = metrics.journal_open_entries.clone();
         open_entries.set(open.len() as i64);
@@ -157,7 +157,6 @@ impl Journal {
             header,
             file,
             open,
-            written: bytes.len() as u64,
             metrics: WriterMetrics {
                 syncs: metrics.journal_syncs.clone(),
                 open_entries,

@@ -3,12 +3,11 @@
 //! many), and rewrites the file down to its open entries once it has grown past
 //! [`COMPACT_AFTER`] and is mostly done entries.
 
-use super::file::{self, Header, Record};
+use super::file::{self, Header, JournalFile, Record};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use tokio::sync::oneshot;
@@ -40,11 +39,9 @@ pub(super) struct WriterMetrics {
 pub(super) struct Writer {
     pub(super) path: PathBuf,
     pub(super) header: Header,
-    pub(super) file: File,
+    pub(super) file: JournalFile,
     /// Each open entry's lines, by id: its `started` record, then its `outcome`.
     pub(super) open: BTreeMap<u64, Vec<u8>>,
-    /// Bytes in the file now.
-    pub(super) written: u64,
     pub(super) metrics: WriterMetrics,
 }
 
@@ -94,10 +91,9 @@ impl Writer {
                 Request::Close => closing = true,
             }
         }
-        let mut result = self.file.write_all(&bytes);
-        self.written += bytes.len() as u64;
+        let mut result = self.file.append(&bytes);
         if result.is_ok() && !waiting.is_empty() {
-            result = self.file.sync_data();
+            result = self.file.sync();
             self.metrics.syncs.inc();
         }
         if let Err(err) = &result {
@@ -114,7 +110,8 @@ impl Writer {
             });
         }
         self.metrics.open_entries.set(self.open.len() as i64);
-        if self.written > COMPACT_AFTER && self.open_bytes() * 2 < self.written {
+        let written = self.file.written();
+        if written > COMPACT_AFTER && self.open_bytes() * 2 < written {
             self.rewrite();
         }
         closing
@@ -148,11 +145,8 @@ impl Writer {
         for lines in self.open.values() {
             bytes.extend_from_slice(lines);
         }
-        match file::replace(&self.path, &bytes) {
-            Ok(file) => {
-                self.file = file;
-                self.written = bytes.len() as u64;
-            }
+        match JournalFile::create(&self.path, &bytes) {
+            Ok(file) => self.file = file,
             Err(err) => tracing::error!(
                 journal = %self.path.display(),
                 error = %err,

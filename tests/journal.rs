@@ -72,7 +72,7 @@ async fn a_killed_workers_tasks_are_reported_by_the_next_worker() {
     // dies), so a fourth finished task waits for its turn to report.
     let config = config(dir.path(), &fake, &arn, &journal, 3);
     fake.inject(Op::SendTaskSuccess, Fault::Stall, 3);
-    let first = LoggedWorker::start(&config, "info");
+    let first = LoggedWorker::start(&config, "sfn_wasm_worker=debug,info");
 
     let reporting: Vec<String> = (0..3)
         .map(|n| fake.enqueue(&arn, &json!({"behaviour": "echo", "n": n}).to_string()))
@@ -97,7 +97,7 @@ async fn a_killed_workers_tasks_are_reported_by_the_next_worker() {
     let first_log = first.kill();
 
     let restarted = Instant::now();
-    let second = LoggedWorker::start(&config, "info");
+    let second = LoggedWorker::start(&config, "sfn_wasm_worker=debug,info");
     let mut tokens = reporting.clone();
     tokens.extend([waiting.clone(), running.clone()]);
     for token in &tokens {
@@ -153,13 +153,19 @@ async fn a_second_worker_on_the_same_journal_is_refused() {
     let config = config(dir.path(), &fake, &arn, dir.path(), 1);
     let first = LoggedWorker::start(&config, "info");
     wait_for("the first worker to poll", || fake.open_polls(&arn) == 1).await;
-    let second = worker_command()
+    let stderr_path = dir.path().join("second.log");
+    let mut second = worker_command()
         .args(["run", "--config"])
         .arg(&config)
-        .output()
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    let status = wait_for_exit(&mut second, WAIT).await;
+    if status.is_none() {
+        second.kill().unwrap();
+    }
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
     assert!(
         stderr.contains("in use by another worker") && stderr.contains("tasks.journal"),
         "{stderr}"

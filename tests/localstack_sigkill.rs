@@ -59,7 +59,7 @@ async fn events(client: &aws_sdk_sfn::Client, execution: &str, kind: HistoryEven
         .count()
 }
 
-/// Runs an execution whose task sleeps 4 s, SIGKILLs the worker once the task has started
+/// Runs an execution whose task sleeps 15 s, SIGKILLs the worker once the task has started
 /// (and a second passed), starts a second worker; returns the execution's history counts of
 /// (timed out, failed) activities and the time it took.
 async fn kill_mid_task(
@@ -84,7 +84,7 @@ async fn kill_mid_task(
     let execution = client
         .start_execution()
         .state_machine_arn(&machine)
-        .input(json!({"behaviour": "sleep", "ms": 4_000}).to_string())
+        .input(json!({"behaviour": "sleep", "ms": 15_000}).to_string())
         .send()
         .await
         .unwrap()

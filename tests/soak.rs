@@ -374,6 +374,34 @@ const KILLS: u64 = 5;
 /// Functions times such a task out (HeartbeatSeconds); nothing else may be left running.
 const HANDOUT_WINDOW: Duration = Duration::from_secs(2);
 
+/// The tokens of the tasks the journal at `path` holds without `done` (its line format:
+/// `CRC32 JSON`; the space after the records reads as NULs).
+fn open_in_journal(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut open = BTreeMap::new();
+    for line in text.trim_end_matches('\0').lines() {
+        let Some((_, json)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_str::<Value>(json) else {
+            continue; // torn by the kill
+        };
+        match record["record"].as_str() {
+            Some("started") => {
+                open.insert(
+                    record["id"].as_u64(),
+                    record["token"].as_str().map(String::from),
+                );
+            }
+            Some("done") => {
+                open.remove(&record["id"].as_u64());
+            }
+            _ => {}
+        }
+    }
+    open.into_values().flatten().collect()
+}
+
 /// Kill/restart mode: the same mix and faults, with a task journal, and the worker SIGKILLed
 /// at seeded moments and started again on the same journal. Pass: every task ends with the
 /// outcome its behaviour calls for, or `Worker.Restarted` (its guest was running at a kill),
@@ -394,6 +422,7 @@ async fn soak_with_sigkills_and_a_journal_loses_nothing() {
     );
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("tasks.journal");
+    let log = dir.path().join("workers.log"); // every worker's, one after another
     let config = dir.path().join("worker.toml");
     write_config(
         &config,
@@ -424,7 +453,13 @@ async fn soak_with_sigkills_and_a_journal_loses_nothing() {
             .args(["run", "--config"])
             .arg(&config)
             .env("SFN_WASM_WORKER_LOG", "warn")
-            .stderr(std::process::Stdio::null())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap()
     };
@@ -452,6 +487,8 @@ async fn soak_with_sigkills_and_a_journal_loses_nothing() {
     let started = Instant::now();
     let mut child = start();
     let mut kill_times = Vec::new();
+    // Tokens the journal held open at each kill: each must end, reported by a later worker.
+    let mut journaled = std::collections::HashSet::new();
     let mut moments = SplitMix64(seed ^ 0x4B11);
     for kill in 1..=kills {
         let at = tasks * kill as usize / (kills as usize + 1);
@@ -465,6 +502,7 @@ async fn soak_with_sigkills_and_a_journal_loses_nothing() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kill_times.push(Instant::now());
+        journaled.extend(open_in_journal(&journal));
         child = start();
     }
     let last_kill = *kill_times.last().unwrap_or(&started);
@@ -494,6 +532,9 @@ async fn soak_with_sigkills_and_a_journal_loses_nothing() {
             TaskState::Failed { error, .. } if outcome.contains(&Some(error.as_str())) => {
                 error.clone()
             }
+            TaskState::Running if journaled.contains(token) => {
+                "wrong: journaled, never reported".to_string()
+            }
             TaskState::Running => {
                 let at = record.handed_out_at.unwrap();
                 if kill_times
@@ -512,6 +553,11 @@ async fn soak_with_sigkills_and_a_journal_loses_nothing() {
         }
         *counts.entry(format!("{behaviour}: {verdict}")).or_default() += 1;
     }
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains("panicked"),
+        "seed {seed}: a worker panicked:\n{log}"
+    );
     let left = std::fs::read_to_string(&journal).unwrap();
     let left = left.trim_end_matches('\0'); // the space allocated after the records
     eprintln!(
@@ -523,6 +569,15 @@ async fn soak_with_sigkills_and_a_journal_loses_nothing() {
     );
     assert!(wrong.is_empty(), "seed {seed}: {wrong:#?}");
     assert!(status.success(), "seed {seed}: exit {status}");
+    let restarted: usize = counts
+        .iter()
+        .filter(|(verdict, _)| verdict.ends_with("Worker.Restarted"))
+        .map(|(_, count)| count)
+        .sum();
+    assert!(
+        kills == 0 || (restarted > 0 && !journaled.is_empty()),
+        "seed {seed}: no guest was running, or nothing journaled, at any of {kills} kills"
+    );
     assert_eq!(
         left.lines().count(),
         1,

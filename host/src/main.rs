@@ -45,6 +45,8 @@ fn release_freed_memory() {
 const EXIT_TASK_FAILED: u8 = 1;
 /// Exit code for bad usage, bad input or a component that cannot be loaded.
 const EXIT_USAGE: u8 = 2;
+/// Exit code after a second SIGTERM/SIGINT while the worker was still loading.
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
 #[command(
@@ -343,10 +345,25 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         None => "the --activity-arn flags".to_string(),
     };
     // Signals first: one that comes while components load stops the worker before its
-    // first poll, cleanly.
+    // first poll, cleanly (at once during pulls; after a compile in progress); a second one
+    // before the worker runs exits at once.
     let signals = shutdown::Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
     let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
     tokio::spawn(signals.cancel_on_signals(shutdown.clone(), hurry.clone()));
+    let worker_hurry = Arc::new(std::sync::OnceLock::<CancellationToken>::new());
+    tokio::spawn({
+        let worker_hurry = worker_hurry.clone();
+        async move {
+            hurry.cancelled().await;
+            match worker_hurry.get() {
+                Some(worker_hurry) => worker_hurry.cancel(),
+                None => {
+                    eprintln!("second signal while loading: exiting at once");
+                    std::process::exit(EXIT_INTERRUPTED.into());
+                }
+            }
+        }
+    });
     let mut config = run_config(&args)?;
     let cache = CacheSetting::resolve(
         global.no_cache,
@@ -356,7 +373,13 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         cache.directory().as_deref(),
         &config.worker.insecure_registries,
     )?);
-    registry.pull_all(&mut config).await.with_context(source)?;
+    tokio::select! {
+        pulled = registry.pull_all(&mut config) => pulled.with_context(source)?,
+        _ = shutdown.cancelled() => {
+            tracing::info!("shut down while pulling components, before any poll");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let config = config.validate().with_context(source)?;
     let runtime = Arc::new(Runtime::new(&config.engine_settings(cache))?);
     let clients = ActivityClients::new(sfn::load_sdk_config(&config.worker).await);
@@ -384,11 +407,7 @@ async fn serve(args: RunArgs, global: &GlobalArgs) -> Result<ExitCode> {
         clients,
     });
     release_freed_memory();
-    let worker_hurry = worker.hurry();
-    tokio::spawn(async move {
-        hurry.cancelled().await;
-        worker_hurry.cancel();
-    });
+    let _ = worker_hurry.set(worker.hurry());
     tokio::spawn(async move {
         if let Err(err) = reload::reload_on_sighup(reload).await {
             tracing::error!(error = %err, "cannot listen for SIGHUP; reloads stay off");

@@ -276,8 +276,10 @@ impl Worker {
                         .find(|spec| spec.config.arn == activity)
                         .map_or_else(|| self.client.clone(), |spec| spec.client.clone())
                 };
+                let served =
+                    |activity: &str| self.specs.iter().any(|spec| spec.config.arn == activity);
                 tokio::select! {
-                    () = journal::replay(&journal, unfinished, client_for, &self.metrics) => {}
+                    () = journal::replay(&journal, unfinished, client_for, served, &self.metrics) => {}
                     _ = shutdown.cancelled() => {
                         tracing::info!("shut down while replaying the journal; what is left stays in it");
                         journal.close();

@@ -4,10 +4,10 @@
 //!
 //! One trace per task, written when the task has ended: a `task` span (activity, task id,
 //! worker, instance, outcome, error name) with a child span per phase (`journal`,
-//! `instantiate`, `guest`, `wait for slot`: the wait for one of the activity's report slots,
-//! as a task's own slot is taken before its poll; `report`) and one per outbound HTTP
-//! request or signed AWS call of its guest (origin, status, AWS service, duration). Never a
-//! token, header, body, input or output.
+//! `instantiate`, `guest`, `journal outcome`, `wait for slot`: the wait for one of the
+//! activity's report slots, as a task's own slot is taken before its poll; `report`) and one
+//! per outbound HTTP request or host-signed AWS call of its guest (origin, status, AWS
+//! service, duration). Never a token, header, body, input or output.
 
 use crate::sandbox::outbound::RequestResult;
 use crate::sandbox::Phases;
@@ -133,8 +133,11 @@ impl Traces {
         })?;
         let processor =
             BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
-        let resource = Resource::builder()
-            .with_service_name("sfn-wasm-worker")
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("sfn-wasm-worker");
+        }
+        let resource = resource
             .with_attribute(KeyValue::new(
                 "service.instance.id",
                 worker_name.to_string(),

@@ -211,6 +211,8 @@ impl OutboundHooks {
     }
 
     fn deny(&mut self, authority: &str, why: &str, error: ErrorCode) -> ErrorCode {
+        // Never a userinfo (`user:pass@`) a guest wrote into the URL.
+        let authority = authority.rsplit('@').next().unwrap_or_default();
         self.results.lock().unwrap().push(RequestResult {
             status: "denied",
             aws_service: None,

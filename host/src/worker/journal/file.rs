@@ -127,8 +127,7 @@ fn decode(line: &[u8]) -> Result<Record, String> {
     let (checksum, json) = text
         .split_once(' ')
         .ok_or_else(|| "no checksum".to_string())?;
-    let checksum =
-        u32::from_str_radix(checksum, 16).map_err(|_| format!("bad checksum {checksum:?}"))?;
+    let checksum = u32::from_str_radix(checksum, 16).map_err(|_| "bad checksum".to_string())?;
     if checksum != crc32fast::hash(json.as_bytes()) {
         return Err("checksum mismatch (a torn or altered line)".to_string());
     }
@@ -164,10 +163,13 @@ pub(super) fn read(path: &Path) -> io::Result<Found> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Found::Nothing),
         Err(err) => return Err(err),
     };
-    // The records end where the space allocated ahead of them (NUL bytes) begins.
-    if let Some(end) = bytes.iter().position(|byte| *byte == 0) {
-        bytes.truncate(end);
-    }
+    // The records end where the space allocated after them (NUL bytes) begins; a NUL
+    // inside a line makes that line unreadable, not what follows it.
+    let end = bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |last| last + 1);
+    bytes.truncate(end);
     if bytes.is_empty() {
         return Ok(Found::Nothing);
     }
@@ -241,9 +243,9 @@ pub(super) fn read(path: &Path) -> io::Result<Found> {
     }))
 }
 
-/// Space allocated ahead of the records, so that a sync after a write in place need not
-/// also record a new file size (BENCHMARKS.md §10: about half the cost of an appending sync).
-/// Unwritten space reads as NUL bytes, where reading stops.
+/// Room made ahead of the records (the file's size set past them: a hole until written), so
+/// that a sync after a write in place need not also record a new file size (BENCHMARKS.md
+/// §10: about half the cost of an appending sync). It reads as NUL bytes, trimmed on reading.
 const ALLOCATE_AHEAD: u64 = 1 << 20;
 
 /// The journal file being written: records go at `written`, into space allocated ahead.
@@ -274,7 +276,10 @@ impl JournalFile {
         file.set_len(allocated)?;
         file.sync_all()?;
         std::fs::rename(&new, path)?;
-        sync_directory(path)?;
+        if let Err(err) = sync_directory(path) {
+            // The rename is done: this file is the journal now, durable or not.
+            tracing::warn!(journal = %path.display(), error = %err, "cannot sync the journal's directory");
+        }
         Ok(JournalFile {
             file,
             written: lines.len() as u64,

@@ -186,7 +186,8 @@ impl Journal {
         &self.path
     }
 
-    /// Records that a task of `activity` with `token` arrived; returns once it is synced.
+    /// Records that a task of `activity` with `token` arrived; returns once it is synced (or
+    /// the writer has logged why it could not be: the task then goes on without it).
     pub(crate) async fn started(&self, activity: &str, token: &str) -> EntryId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.append_synced(Record::Started {
@@ -198,7 +199,8 @@ impl Journal {
         EntryId(id)
     }
 
-    /// Records the outcome of the task of `entry`; returns once it is synced.
+    /// Records the outcome of the task of `entry`; returns once it is synced (or the writer
+    /// has logged why not).
     pub(crate) async fn outcome(&self, entry: &EntryId, outcome: &Outcome) {
         self.append_synced(Record::Outcome {
             id: entry.0,

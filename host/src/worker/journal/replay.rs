@@ -20,12 +20,13 @@ const REPLAYS_AT_ONCE: usize = 32;
 const RESTARTED: &str = "Worker.Restarted";
 
 /// Reports every task of `unfinished` with the client `client_for` gives for its activity
-/// (the worker's own for an activity it no longer serves); returns when each has been
-/// reported, dropped or kept.
+/// (the worker's own for an activity it no longer serves, as `served` tells: warned about);
+/// returns when each has been reported, dropped or kept.
 pub(crate) async fn replay(
     journal: &Arc<Journal>,
     unfinished: Unfinished,
     client_for: impl Fn(&str) -> SfnClient,
+    served: impl Fn(&str) -> bool,
     metrics: &Arc<Metrics>,
 ) {
     if unfinished.is_empty() {
@@ -40,6 +41,14 @@ pub(crate) async fn replay(
     let at_once = Arc::new(Semaphore::new(REPLAYS_AT_ONCE));
     let mut replays = JoinSet::new();
     for (entry, task) in unfinished.tasks {
+        if !served(&task.activity) {
+            tracing::warn!(
+                activity = %task.activity,
+                task_id = %task_id(&task.token),
+                "a journaled task of an activity this worker no longer serves: reported with \
+                 the worker's own credentials"
+            );
+        }
         let (client, journal, metrics) =
             (client_for(&task.activity), journal.clone(), metrics.clone());
         let cause = unfinished.restart_cause.clone();

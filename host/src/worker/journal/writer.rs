@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use tokio::sync::oneshot;
 
-/// Bytes appended after which the file is rewritten with only its open entries (when they
-/// are less than half of it).
+/// The size of the records in the file past which it is rewritten with only its open entries
+/// (when they are less than half of it).
 const COMPACT_AFTER: u64 = 4 << 20;
 
 /// What the writer is asked to do.
@@ -97,11 +97,14 @@ impl Writer {
             self.metrics.syncs.inc();
         }
         if let Err(err) = &result {
+            // The file may now miss this batch or hold part of it: write it whole again from
+            // the open entries (this batch's included) before going on.
             tracing::error!(
                 journal = %self.path.display(),
                 error = %err,
-                "cannot write the task journal: tasks in flight may not be replayed after a crash"
+                "cannot write the task journal; rewriting it from the open entries"
             );
+            result = self.rewrite();
         }
         for synced in waiting {
             let _ = synced.send(match &result {
@@ -112,7 +115,7 @@ impl Writer {
         self.metrics.open_entries.set(self.open.len() as i64);
         let written = self.file.written();
         if written > COMPACT_AFTER && self.open_bytes() * 2 < written {
-            self.rewrite();
+            let _ = self.rewrite(); // logged; the file keeps growing until one succeeds
         }
         closing
     }
@@ -135,29 +138,36 @@ impl Writer {
         }
     }
 
+    /// Bytes of the open entries' lines.
     fn open_bytes(&self) -> u64 {
         self.open.values().map(|lines| lines.len() as u64).sum()
     }
 
-    /// Replaces the file with its header and open entries.
-    fn rewrite(&mut self) {
+    /// Replaces the file with its header and open entries (synced).
+    fn rewrite(&mut self) -> io::Result<()> {
         let mut bytes = file::encode(&Record::Header(self.header.clone()));
         for lines in self.open.values() {
             bytes.extend_from_slice(lines);
         }
         match JournalFile::create(&self.path, &bytes) {
-            Ok(file) => self.file = file,
-            Err(err) => tracing::error!(
-                journal = %self.path.display(),
-                error = %err,
-                "cannot rewrite the task journal; it keeps growing"
-            ),
+            Ok(file) => {
+                self.file = file;
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(
+                    journal = %self.path.display(),
+                    error = %err,
+                    "cannot rewrite the task journal: tasks in flight may not be replayed after a crash"
+                );
+                Err(err)
+            }
         }
     }
 
     /// Leaves the file with only its open entries (none after a full drain).
     fn close(&mut self) {
-        self.rewrite();
+        let _ = self.rewrite(); // logged
         self.metrics.open_entries.set(self.open.len() as i64);
     }
 }

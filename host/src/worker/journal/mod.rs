@@ -99,7 +99,11 @@ impl Journal {
             Found::Foreign(why) => {
                 let aside = file::with_suffix(
                     &path,
-                    &format!(".foreign-{}", humantime::format_rfc3339_seconds(now)),
+                    &format!(
+                        ".foreign-{}-{}",
+                        humantime::format_rfc3339_seconds(now),
+                        std::process::id()
+                    ),
                 );
                 std::fs::rename(&path, &aside).with_context(|| {
                     format!("the task journal {shown} is not a journal ({why}) and cannot be moved aside")
@@ -157,6 +161,7 @@ impl Journal {
             header,
             file,
             open,
+            compact_after: writer::COMPACT_AFTER,
             metrics: WriterMetrics {
                 syncs: metrics.journal_syncs.clone(),
                 open_entries,

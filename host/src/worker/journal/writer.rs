@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 /// The size of the records in the file past which it is rewritten with only its open entries
 /// (when they are less than half of it).
-const COMPACT_AFTER: u64 = 4 << 20;
+pub(super) const COMPACT_AFTER: u64 = 4 << 20;
 
 /// What the writer is asked to do.
 pub(super) enum Request {
@@ -42,6 +42,8 @@ pub(super) struct Writer {
     pub(super) file: JournalFile,
     /// Each open entry's lines, by id: its `started` record, then its `outcome`.
     pub(super) open: BTreeMap<u64, Vec<u8>>,
+    /// When to rewrite the file ([`COMPACT_AFTER`]; smaller in tests).
+    pub(super) compact_after: u64,
     pub(super) metrics: WriterMetrics,
 }
 
@@ -114,7 +116,7 @@ impl Writer {
         }
         self.metrics.open_entries.set(self.open.len() as i64);
         let written = self.file.written();
-        if written > COMPACT_AFTER && self.open_bytes() * 2 < written {
+        if written > self.compact_after && self.open_bytes() * 2 < written {
             let _ = self.rewrite(); // logged; the file keeps growing until one succeeds
         }
         closing
@@ -169,5 +171,77 @@ impl Writer {
     fn close(&mut self) {
         let _ = self.rewrite(); // logged
         self.metrics.open_entries.set(self.open.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::journal::file::{read, Found};
+
+    #[test]
+    fn a_rewrite_keeps_the_open_entries_and_their_ids_and_drops_the_done_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.journal");
+        let header = Header::now("w");
+        let file =
+            JournalFile::create(&path, &file::encode(&Record::Header(header.clone()))).unwrap();
+        let writer = Writer {
+            path: path.clone(),
+            header,
+            file,
+            open: BTreeMap::new(),
+            compact_after: 2_000, // a few dozen records
+            metrics: WriterMetrics {
+                syncs: Counter::default(),
+                open_entries: Gauge::default(),
+            },
+        };
+        let (requests, received) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(received));
+        let append = |record| {
+            requests
+                .send(Request::Append {
+                    record,
+                    synced: None,
+                })
+                .unwrap()
+        };
+        for id in 0..200 {
+            append(Record::Started {
+                id,
+                activity: "arn:a".into(),
+                token: format!("token-{id}"),
+            });
+            if id % 50 != 7 {
+                append(Record::Done { id });
+            }
+        }
+        // Two synced records, one after the other: once the second is answered, the batch
+        // before it (and its rewrite) is done.
+        for id in [998, 999] {
+            let (synced, done) = oneshot::channel();
+            let record = Record::Done { id };
+            requests
+                .send(Request::Append {
+                    record,
+                    synced: Some(synced),
+                })
+                .unwrap();
+            done.blocking_recv().unwrap().unwrap();
+        }
+        let size = std::fs::read(&path)
+            .unwrap()
+            .iter()
+            .filter(|b| **b != 0)
+            .count();
+        assert!(size < 6_000, "not rewritten: {size} bytes of records");
+        let Found::Journal(old) = read(&path).unwrap() else {
+            panic!("not a journal");
+        };
+        let tokens: Vec<&str> = old.tasks.iter().map(|t| t.token.as_str()).collect();
+        assert_eq!(tokens, ["token-7", "token-57", "token-107", "token-157"]);
+        requests.send(Request::Close).unwrap();
+        thread.join().unwrap();
     }
 }

@@ -65,12 +65,7 @@ pub(crate) async fn run_task(
         drop(slot);
         let reports_in_flight = shared.metrics.reports_in_flight.get_or_create_owned(&label);
         reports_in_flight.inc();
-        let (outcome_label, error) = match &end {
-            TaskEnd::Abandoned(_) => ("abandoned", None),
-            TaskEnd::Report(Outcome::Succeeded { .. }) => ("succeeded", None),
-            TaskEnd::Report(Outcome::Failed { error, .. }) => ("failed", Some(error.clone())),
-        };
-        let reported = match end {
+        let reported = match &end {
             TaskEnd::Abandoned(why) => {
                 shared.metrics.task_finished(arn, "abandoned", None);
                 tracing::warn!(
@@ -82,22 +77,23 @@ pub(crate) async fn run_task(
                 true
             }
             TaskEnd::Report(outcome) => {
-                let reported = report(&spec.client, &shared.metrics, &task.token, &outcome).await;
+                let reported = report(&spec.client, &shared.metrics, &task.token, outcome).await;
                 timeline.end_phase("report");
                 let landed = !matches!(reported, Err(ReportError::Undelivered(_)));
-                log_reported(shared, arn, &outcome, reported, &stats, started);
+                log_reported(shared, arn, outcome, reported, &stats, started);
                 landed
             }
         };
         if let Some(traces) = &shared.traces {
+            let (outcome, error) = end_labels(&end);
             let requests = stats.usage.outbound.0.lock().unwrap();
             traces.record(&TaskTrace {
                 activity: arn,
                 task_id: &task_id,
                 worker: &shared.worker_name,
                 instance: stats.instance.label(),
-                outcome: outcome_label,
-                error: error.as_deref(),
+                outcome,
+                error,
                 phases: timeline.into_phases(),
                 requests: &requests,
             });
@@ -182,10 +178,7 @@ fn log_reported(
     stats: &TaskStats,
     started: Instant,
 ) {
-    let (status, error) = match outcome {
-        Outcome::Succeeded { .. } => ("succeeded", None),
-        Outcome::Failed { error, .. } => ("failed", Some(error.as_str())),
-    };
+    let (status, error) = outcome_labels(outcome);
     shared.metrics.task_finished(arn, status, error);
     let (run_ms, elapsed_ms) = (stats.elapsed.as_secs_f64() * 1e3, ms(started));
     match reported {
@@ -222,6 +215,23 @@ fn log_reported(
                  start reports it again)"
             );
         }
+    }
+}
+
+/// How a reported task ended, as its log line, metrics and trace name it: `succeeded` or
+/// `failed`, and the error name of a failure.
+fn outcome_labels(outcome: &Outcome) -> (&'static str, Option<&str>) {
+    match outcome {
+        Outcome::Succeeded { .. } => ("succeeded", None),
+        Outcome::Failed { error, .. } => ("failed", Some(error.as_str())),
+    }
+}
+
+/// [`outcome_labels`] of any end; `abandoned` when nothing was reported.
+fn end_labels(end: &TaskEnd) -> (&'static str, Option<&str>) {
+    match end {
+        TaskEnd::Abandoned(_) => ("abandoned", None),
+        TaskEnd::Report(outcome) => outcome_labels(outcome),
     }
 }
 

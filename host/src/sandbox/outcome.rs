@@ -30,6 +30,9 @@ pub const OUTPUT_TOO_LARGE: &str = "Worker.OutputTooLarge";
 pub const OUTPUT_UPLOAD_FAILED: &str = "Worker.OutputUploadFailed";
 /// The worker stopped the task because it is shutting down; safe to retry at once.
 pub const SHUTTING_DOWN: &str = "Worker.ShuttingDown";
+/// A task whose worker was killed before its guest ended, failed by the next worker on the
+/// same task journal when it starts ([`crate::worker::journal`]).
+pub const RESTARTED: &str = "Worker.Restarted";
 /// The component could not be instantiated for this task (e.g. the instance pool is full).
 pub const INSTANTIATION_FAILED: &str = "Worker.InstantiationFailed";
 /// The guest trapped: a panic, `unreachable`, a stack overflow, a bad memory access...

@@ -270,16 +270,19 @@ impl Worker {
         }
         let journal = match self.journal {
             Some((journal, unfinished)) => {
-                let client_for = |activity: &str| {
-                    self.specs
-                        .iter()
-                        .find(|spec| spec.config.arn == activity)
-                        .map_or_else(|| self.client.clone(), |spec| spec.client.clone())
+                let served_client = |activity: &str| {
+                    let spec = self.specs.iter().find(|spec| spec.config.arn == activity);
+                    spec.map(|spec| spec.client.clone())
                 };
-                let served =
-                    |activity: &str| self.specs.iter().any(|spec| spec.config.arn == activity);
+                let replaying = journal::replay(
+                    &journal,
+                    unfinished,
+                    served_client,
+                    &self.client,
+                    &self.metrics,
+                );
                 tokio::select! {
-                    () = journal::replay(&journal, unfinished, client_for, served, &self.metrics) => {}
+                    () = replaying => {}
                     _ = shutdown.cancelled() => {
                         tracing::info!("shut down while replaying the journal; what is left stays in it");
                         journal.close();

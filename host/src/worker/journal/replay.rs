@@ -5,6 +5,7 @@
 //! the next start.
 
 use super::{Journal, Unfinished};
+use crate::sandbox::outcome::RESTARTED;
 use crate::sandbox::Outcome;
 use crate::worker::metrics::Metrics;
 use crate::worker::report::{report, ReportError};
@@ -16,17 +17,14 @@ use tokio::task::JoinSet;
 /// Reports replayed at once.
 const REPLAYS_AT_ONCE: usize = 32;
 
-/// The error a task is failed with when its worker stopped before its guest ended.
-const RESTARTED: &str = "Worker.Restarted";
-
-/// Reports every task of `unfinished` with the client `client_for` gives for its activity
-/// (the worker's own for an activity it no longer serves, as `served` tells: warned about);
-/// returns when each has been reported, dropped or kept.
+/// Reports every task of `unfinished` with the client `served_client` gives for its activity,
+/// or `own_client` (the worker's, with a warning) for an activity it no longer serves; returns
+/// when each has been reported, dropped or kept.
 pub(crate) async fn replay(
     journal: &Arc<Journal>,
     unfinished: Unfinished,
-    client_for: impl Fn(&str) -> SfnClient,
-    served: impl Fn(&str) -> bool,
+    served_client: impl Fn(&str) -> Option<SfnClient>,
+    own_client: &SfnClient,
     metrics: &Arc<Metrics>,
 ) {
     if unfinished.is_empty() {
@@ -41,16 +39,16 @@ pub(crate) async fn replay(
     let at_once = Arc::new(Semaphore::new(REPLAYS_AT_ONCE));
     let mut replays = JoinSet::new();
     for (entry, task) in unfinished.tasks {
-        if !served(&task.activity) {
+        let client = served_client(&task.activity).unwrap_or_else(|| {
             tracing::warn!(
                 activity = %task.activity,
                 task_id = %task_id(&task.token),
                 "a journaled task of an activity this worker no longer serves: reported with \
                  the worker's own credentials"
             );
-        }
-        let (client, journal, metrics) =
-            (client_for(&task.activity), journal.clone(), metrics.clone());
+            own_client.clone()
+        });
+        let (journal, metrics) = (journal.clone(), metrics.clone());
         let cause = unfinished.restart_cause.clone();
         let at_once = at_once.clone();
         replays.spawn(async move {

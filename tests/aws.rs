@@ -190,6 +190,20 @@ async fn services_not_granted_other_regions_and_oversized_bodies_are_refused() {
             .contains("HttpRequestBodySize"),
         "{result}"
     );
+    // A body past the host's 1 MiB buffer: the guest still writes it when the host refuses
+    // it, and learns why (not a closed stream's "connection reset").
+    let (result, _) = probe(
+        json!({"method": "POST", "url": "https://sqs.us-east-1.amazonaws.com/", "body_bytes": 3 << 20}),
+        &grants,
+    )
+    .await;
+    assert!(
+        result["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestBodySize"),
+        "{result}"
+    );
     assert!(service.received().is_empty(), "nothing reached the service");
 }
 

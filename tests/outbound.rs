@@ -191,6 +191,30 @@ async fn a_host_header_that_differs_from_the_url_is_refused() {
     assert_eq!(service.requests(), 0);
 }
 
+/// The body stays open for the guest when its request fails before it is sent: a guest still
+/// writing its body (here 3 MiB, past the 1 MiB the host buffers, so the guest waits for the
+/// host between writes) gets the response's error code, not a closed stream's
+/// "connection reset".
+#[tokio::test]
+async fn a_request_refused_while_its_body_is_written_reports_why() {
+    let resolver = TableResolver::with(&[("metadata.example.test", &["169.254.169.254"])]);
+    let grants = grants(
+        &["http://metadata.example.test"],
+        OutboundLimits::default(),
+        Some(resolver),
+    );
+    let got = probe(
+        json!({
+            "url": "http://metadata.example.test/upload",
+            "method": "POST",
+            "body_bytes": 3 << 20,
+        }),
+        &grants,
+    )
+    .await;
+    assert!(error_of(&got).contains("DestinationIpProhibited"), "{got}");
+}
+
 #[tokio::test]
 async fn metadata_addresses_are_refused_under_a_wildcard_and_through_names() {
     let resolver = TableResolver::with(&[
@@ -382,8 +406,16 @@ async fn requests_past_the_activitys_in_flight_bound_wait_then_give_up() {
     let never = json!({"url": format!("{}/never", service.origin())});
     let holder = probe(never.clone(), &grants);
     let waiter = async {
-        // Starts once the holder's request has the activity's only slot.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Starts once the holder's request has the activity's only slot: it reached the
+        // service (a fixed head start can be too short on a loaded machine).
+        let started = Instant::now();
+        while service.requests() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the holder's request never reached the service"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         probe(
             json!({"url": format!("{}/echo", service.origin())}),
             &grants,

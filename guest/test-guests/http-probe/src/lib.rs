@@ -1,7 +1,8 @@
 //! Test guest: sends the HTTP request its input describes, `times` times (default 1), and
 //! returns what each got, so the host's tests can check every outbound rule from inside.
 //!
-//! Input: `{"url": U, "method": M, "headers": {NAME: VALUE}, "body": TEXT, "times": N}`.
+//! Input: `{"url": U, "method": M, "headers": {NAME: VALUE}, "body": TEXT, "times": N}`, or
+//! `"body_bytes": N` for a body of N bytes of `x`.
 //! Output (one request): `{"status", "headers", "body"}`, or `{"error": "ErrorCode::..."}`
 //! naming the wasi:http error code (or the error text when there is no code); a list of
 //! those for `times` > 1.
@@ -39,7 +40,11 @@ async fn send(input: &Value) -> wstd::http::Result<Value> {
             request = request.header(name, value.as_str().unwrap_or_default());
         }
     }
-    let body = input["body"].as_str().map_or(Body::empty(), Body::from);
+    let body = match (input["body"].as_str(), input["body_bytes"].as_u64()) {
+        (Some(text), _) => Body::from(text),
+        (None, Some(bytes)) => Body::from(vec![b'x'; bytes as usize]),
+        (None, None) => Body::empty(),
+    };
     let mut response = Client::new().send(request.body(body)?).await?;
     let headers: serde_json::Map<String, Value> = response
         .headers()

@@ -99,6 +99,18 @@ pub async fn send(plan: SendPlan, request: http::Request<WasiBody>) -> SendResul
         limits.first_byte_timeout,
         options.and_then(|o| o.first_byte_timeout),
     );
+    let (mut head, body) = request.into_parts();
+    head.uri = match origin_form(&head.uri) {
+        Ok(uri) => uri,
+        Err(error) => {
+            log.failed(&error);
+            discard_unsent(body, deadline);
+            return Err(error);
+        }
+    };
+    // The body goes to hyper only once there is a connection; until then it stays here, so
+    // that a request refused before it is sent can still take the guest's body (below).
+    let mut unsent = Some(body);
     let setup = async {
         let permit = tokio::time::timeout(connect_timeout, in_flight.acquire_owned())
             .await
@@ -106,21 +118,25 @@ pub async fn send(plan: SendPlan, request: http::Request<WasiBody>) -> SendResul
             .expect("the in-flight semaphore is never closed");
         let connection = open(&target, &allowlist, &*resolver, connect_timeout, &mut log);
         let (mut sender, driver) = connection.await?;
-        let request = origin_form(request)?;
+        let body = unsent.take().expect("the body is sent once");
+        let request = http::Request::from_parts(head, body);
         let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
             .await
             .map_err(|_| Error::HttpResponseTimeout)??;
         Ok::<_, Error>((response, driver, permit))
     };
-    let (response, driver, permit) = match tokio::time::timeout_at(deadline, setup).await {
-        Ok(Ok(sent)) => sent,
-        Ok(Err(error)) => {
+    let sent = match tokio::time::timeout_at(deadline, setup).await {
+        Ok(sent) => sent,
+        Err(_) => Err(Error::HttpResponseTimeout),
+    };
+    let (response, driver, permit) = match sent {
+        Ok(sent) => sent,
+        Err(error) => {
             log.failed(&error);
+            if let Some(body) = unsent {
+                discard_unsent(body, deadline);
+            }
             return Err(error);
-        }
-        Err(_) => {
-            log.failed(&Error::HttpResponseTimeout);
-            return Err(Error::HttpResponseTimeout);
         }
     };
     let (parts, incoming) = response.into_parts();
@@ -167,19 +183,25 @@ async fn open(
     }
 }
 
-/// `request` as it goes on the wire: the request line carries only the path (and query);
-/// the authority is in its `host` header.
-fn origin_form(mut request: http::Request<WasiBody>) -> Result<http::Request<WasiBody>, Error> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    *request.uri_mut() = http::Uri::builder()
+/// The request's URI as it goes on the wire: the request line carries only the path (and
+/// query); the authority is in its `host` header.
+fn origin_form(uri: &http::Uri) -> Result<http::Uri, Error> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    http::Uri::builder()
         .path_and_query(path)
         .build()
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
-    Ok(request)
+        .map_err(|_| Error::HttpRequestUriInvalid)
+}
+
+/// Takes and drops what the guest still writes into the body of a request that failed before
+/// it was sent, until the guest finishes it (or the request's deadline). Dropping the body at
+/// once would close the guest's body stream, and a guest that writes its body while it waits
+/// for the response (as wstd's client does) would see "connection reset" (a closed stream)
+/// instead of the response's error code.
+pub fn discard_unsent(mut body: WasiBody, deadline: Instant) {
+    tokio::spawn(tokio::time::timeout_at(deadline, async move {
+        while let Some(Ok(_)) = body.frame().await {}
+    }));
 }
 
 /// The shorter of our timeout and the guest's, if it set one.

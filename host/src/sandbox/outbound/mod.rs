@@ -293,6 +293,7 @@ impl WasiHttpHooks for OutboundHooks {
                         aws.credentials(),
                         aws.max_request_bytes(),
                         request,
+                        deadline,
                     );
                     let signed = match tokio::time::timeout_at(deadline, signing).await {
                         Ok(signed) => signed,

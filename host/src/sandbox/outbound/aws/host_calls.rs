@@ -64,7 +64,7 @@ impl AwsGrant {
                     .boxed_unsync(),
             )
             .map_err(|err| format!("the request to {host}{}: {err}", call.path))?;
-        let request = signing::signed(&route, self.credentials(), u64::MAX, request)
+        let request = signing::signed(&route, self.credentials(), u64::MAX, request, call.deadline)
             .await
             .map_err(|err| err.to_string())?;
         let plan = SendPlan {

@@ -4,6 +4,7 @@
 //! removed, and SigV4 applied by the SDK's own signer (aws-sigv4).
 
 use crate::sandbox::outbound::aws::AwsRoute;
+use crate::sandbox::outbound::client;
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
@@ -13,9 +14,10 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt as _, Full};
 use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 use wasmtime_wasi_http::{Error, WasiBody};
 
 /// Headers a guest may not set on a signed request: the host sets them, or they would carry
@@ -131,14 +133,10 @@ pub async fn signed(
     credentials: &GuestCredentials,
     max_body: u64,
     request: http::Request<WasiBody>,
+    deadline: Instant,
 ) -> Result<http::Request<WasiBody>, Error> {
     let (mut parts, body) = request.into_parts();
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body: Bytes = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| Error::HttpRequestBodySize(Some(max_body)))?
-        .to_bytes();
+    let body = collected(body, max_body, deadline).await?;
     for name in STRIPPED_HEADERS {
         parts.headers.remove(name);
     }
@@ -200,4 +198,22 @@ pub async fn signed(
     );
     instructions.apply_to_request_http1x(&mut request);
     Ok(request)
+}
+
+/// The whole body of a request to sign, at most `max_body` bytes. Past that the request fails
+/// with HTTP-request-body-size, and the rest of what the guest writes is discarded (its body
+/// stream stays open, so the guest sees that error rather than a closed stream).
+async fn collected(mut body: WasiBody, max_body: u64, deadline: Instant) -> Result<Bytes, Error> {
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if (collected.len() + data.len()) as u64 > max_body {
+            client::discard_unsent(body, deadline);
+            return Err(Error::HttpRequestBodySize(Some(max_body)));
+        }
+        collected.extend_from_slice(&data);
+    }
+    Ok(collected.freeze())
 }

@@ -100,18 +100,11 @@ pub async fn send(plan: SendPlan, request: http::Request<WasiBody>) -> SendResul
         options.and_then(|o| o.first_byte_timeout),
     );
     let (mut head, body) = request.into_parts();
-    head.uri = match origin_form(&head.uri) {
-        Ok(uri) => uri,
-        Err(error) => {
-            log.failed(&error);
-            discard_unsent(body, deadline);
-            return Err(error);
-        }
-    };
     // The body goes to hyper only once there is a connection; until then it stays here, so
     // that a request refused before it is sent can still take the guest's body (below).
     let mut unsent = Some(body);
     let setup = async {
+        head.uri = origin_form(&head.uri)?;
         let permit = tokio::time::timeout(connect_timeout, in_flight.acquire_owned())
             .await
             .map_err(|_| Error::ConnectionLimitReached)?
@@ -125,11 +118,8 @@ pub async fn send(plan: SendPlan, request: http::Request<WasiBody>) -> SendResul
             .map_err(|_| Error::HttpResponseTimeout)??;
         Ok::<_, Error>((response, driver, permit))
     };
-    let sent = match tokio::time::timeout_at(deadline, setup).await {
-        Ok(sent) => sent,
-        Err(_) => Err(Error::HttpResponseTimeout),
-    };
-    let (response, driver, permit) = match sent {
+    let sent = tokio::time::timeout_at(deadline, setup).await;
+    let (response, driver, permit) = match sent.unwrap_or(Err(Error::HttpResponseTimeout)) {
         Ok(sent) => sent,
         Err(error) => {
             log.failed(&error);
